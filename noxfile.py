@@ -1,0 +1,73 @@
+"""Developer sessions: `nox -l` lists them, `nox -s NAME` runs one.
+
+Every session installs what it needs into its own virtual environment, so each works on a
+fresh machine with only Python and the package registries.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.needs_version = ">=2024.3.2"
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
+
+PYTHON = "3.11"
+BACKENDS = ["tensorflow", "jax"]
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("backend", BACKENDS)
+def tests(session: nox.Session, backend: str) -> None:
+    """Run the test suite and the docstring examples on one Keras backend."""
+    session.install("-e", ".[test,jax]")
+    env = {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    args = session.posargs or ["tests"]
+    session.run("python", "-m", "pytest", *args, env=env)
+    if not session.posargs:
+        session.run(
+            "python", "-m", "pytest", "--doctest-modules", "--pyargs", "hungarian_loss", env=env
+        )
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Check style and common bugs with ruff."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """Type-check the package with mypy (strict)."""
+    session.install("-e", ".", "mypy>=1.10")
+    session.run("mypy", "src")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with MkDocs, failing on any warning."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", env={"KERAS_BACKEND": "tensorflow"})
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmark the solver and the loss against SciPy, optax and hungarian-loss 1.0.3."""
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/run.py", *session.posargs, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Train a small box detector on synthetic images and plot its matching."""
+    session.install("-e", ".[demo]")
+    session.run("python", "-m", "hungarian_loss", *session.posargs, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+if os.environ.get("CI"):
+    nox.options.error_on_missing_interpreters = True

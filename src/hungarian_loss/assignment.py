@@ -1,0 +1,330 @@
+"""Batched, exact linear sum assignment made of `keras.ops`.
+
+Cost matrices in, integer indices out. Nothing here knows about losses or boxes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+__all__ = ["linear_sum_assignment"]
+
+Tensor = Any
+
+
+def linear_sum_assignment(
+    cost: Tensor,
+    row_mask: Tensor | None = None,
+    col_mask: Tensor | None = None,
+) -> Tensor:
+    r"""Solves a batch of linear sum assignment problems exactly.
+
+    For each sample `b` of the batch, with rows `i` and columns `j` restricted to the
+    valid ones (`row_mask`, `col_mask`) and to allowed pairs (finite `cost[b, i, j]`),
+    finds the one-to-one matching `x[i, j] in {0, 1}` that
+
+    ```
+    1. matches as many rows as possible, then
+    2. minimizes   sum_ij cost[b, i, j] * x[i, j]
+       subject to  sum_j x[i, j] <= 1,  sum_i x[i, j] <= 1,  x[i, j] = 0 where forbidden.
+    ```
+
+    With finite costs and no masks, `min(M, N)` rows are matched and the total cost
+    equals `scipy.optimize.linear_sum_assignment`'s (up to float32 rounding).
+
+    Algorithm: shortest augmenting paths with dual potentials (the Jonker-Volgenant
+    family, as in SciPy's solver after Crouse, 2016), run for every sample of the
+    batch in lock-step, each with its own state and "done" mask:
+
+    - If `M > N` the problem is transposed, so rows `R = min(M, N)` are inserted
+      into columns `C = max(M, N)`.
+    - Each sample's allowed costs are shifted and scaled to `[0, 1]`; forbidden pairs
+      and padded columns get the cost `R + 1`, above any total of allowed pairs, so the
+      optimum first matches the most rows on allowed pairs, then has the least cost.
+      Rows with no allowed pair are skipped: they can never be matched.
+    - Initialization: every row takes the column of its smallest cost where that
+      column is not taken by an earlier row (row reduction, `u_i = min_j c_ij`).
+    - Each remaining row is inserted by a Dijkstra search for the shortest
+      augmenting path in reduced costs `c_ij - u_i - v_j >= 0`, one column scanned
+      per step, then the duals are updated and the path is flipped.
+
+    One loop step costs `O(B * C)`: working memory beyond the cost matrix is
+    `O(B * (R + C))`. A sample inserts at most `R` rows, the search for the `k`-th
+    row takes at most `k` steps (each step scans a new column and every column but
+    the last reached is already matched), so the main loop runs at most
+    `R * (R + 1) / 2` steps and each path flip at most `R` steps; these bounds are
+    passed to the loops as `maximum_iterations`. Time is `O(R^2 * C)` per sample
+    in the worst case, far less on typical inputs.
+
+    No gradient flows through the result (it is integer); pass a cost under
+    `stop_gradient`. Works eagerly and compiled (`tf.function(jit_compile=True)`,
+    `jax.jit`) with static `M`, `N` and any batch size, known or not.
+
+    Args:
+        cost: Float tensor `[B, M, N]`, or a single matrix `[M, N]`. Non-finite
+            entries (`inf`, `-inf`, `NaN`) are forbidden pairs, never matched.
+        row_mask: Optional boolean tensor `[B, M]` (`[M]` for a single matrix);
+            `True` marks a real row, `False` padding that is never matched.
+        col_mask: Optional boolean tensor `[B, N]` (`[N]`); like `row_mask`.
+
+    Returns:
+        int32 tensor `[B, M]` (`[M]` for a single matrix): for each row, the index of
+        its column, or -1 where the row is unmatched.
+
+    Raises:
+        ValueError: if `cost` is not 2-D or 3-D, if `M` or `N` is not known when the
+            graph is traced, or if a mask's shape does not fit `cost`.
+
+    Examples:
+        >>> import numpy as np
+        >>> from hungarian_loss import linear_sum_assignment
+        >>> cost = np.array([[4.0, 1.0, 3.0],
+        ...                  [2.0, 0.0, 5.0],
+        ...                  [3.0, 2.0, 2.0]], dtype="float32")
+        >>> np.asarray(linear_sum_assignment(cost)).tolist()
+        [1, 0, 2]
+        >>> tall = cost[:, :2]  # 3 rows, 2 columns: one row stays unmatched
+        >>> np.asarray(linear_sum_assignment(tall)).tolist()
+        [1, 0, -1]
+        >>> cost[0, 1] = np.inf  # a forbidden pair
+        >>> np.asarray(linear_sum_assignment(cost[None])).tolist()
+        [[0, 1, 2]]
+    """
+    cost = ops.convert_to_tensor(cost)
+    if len(cost.shape) not in (2, 3):
+        raise ValueError(
+            "Expected `cost` of rank 3 ([batch, rows, cols]) or 2 ([rows, cols]). "
+            f"Received: cost.shape={tuple(cost.shape)}"
+        )
+    single = len(cost.shape) == 2
+    if single:
+        cost = cost[None]
+        row_mask = None if row_mask is None else ops.convert_to_tensor(row_mask)[None]
+        col_mask = None if col_mask is None else ops.convert_to_tensor(col_mask)[None]
+    m, n = cost.shape[1], cost.shape[2]
+    if m is None or n is None:
+        raise ValueError(
+            "Expected the numbers of rows and columns of `cost` to be known when the graph "
+            f"is traced (only the batch may be unknown). Received: cost.shape={cost.shape}"
+        )
+    row_mask = _check_mask(row_mask, cost, axis=1, name="row_mask")
+    col_mask = _check_mask(col_mask, cost, axis=2, name="col_mask")
+
+    dtype = "float64" if keras.backend.standardize_dtype(cost.dtype) == "float64" else "float32"
+    cost = ops.cast(cost, dtype)
+    # Allowed pairs: finite cost on a real row and a real column.
+    allowed = ops.isfinite(cost)
+    if row_mask is not None:
+        allowed = ops.logical_and(allowed, row_mask[:, :, None])
+    if col_mask is not None:
+        allowed = ops.logical_and(allowed, col_mask[:, None, :])
+
+    if m == 0 or n == 0:
+        result = ops.zeros_like(ops.sum(ops.cast(allowed, "int32"), axis=2)) - 1
+    else:
+        transposed = m > n
+        if transposed:
+            cost = ops.transpose(cost, (0, 2, 1))
+            allowed = ops.transpose(allowed, (0, 2, 1))
+        scaled = _normalize(cost, allowed)
+        col4row, row4col = _solve(scaled, ops.any(allowed, axis=2))
+        if transposed:
+            allowed = ops.transpose(allowed, (0, 2, 1))
+            col4row = row4col
+        # A row is matched only on an allowed pair (not on the stand-in cost R + 1).
+        safe = ops.maximum(col4row, 0)
+        on_allowed = ops.take_along_axis(allowed, safe[:, :, None], axis=2)[:, :, 0]
+        result = ops.where(ops.logical_and(col4row >= 0, on_allowed), col4row, -1)
+    result = ops.cast(result, "int32")
+    return result[0] if single else result
+
+
+def _check_mask(mask: Tensor | None, cost: Tensor, axis: int, name: str) -> Tensor | None:
+    if mask is None:
+        return None
+    mask = ops.convert_to_tensor(mask)
+    expected = (cost.shape[0], cost.shape[axis])
+    if len(mask.shape) != 2 or mask.shape[1] != expected[1]:
+        raise ValueError(
+            f"Expected `{name}` of shape {expected} to fit `cost` of shape "
+            f"{tuple(cost.shape)}. Received: {name}.shape={tuple(mask.shape)}"
+        )
+    return ops.cast(mask, "bool")
+
+
+def _normalize(cost: Tensor, allowed: Tensor) -> Tensor:
+    """Maps each sample's allowed costs onto [0, 1] and forbidden pairs to R + 1.
+
+    Halves are taken before subtracting so that costs up to the float maximum do not
+    overflow; a sample whose allowed costs are all equal maps them to 0.
+    """
+    rows = cost.shape[1]
+    half = ops.where(allowed, cost * 0.5, 0.0)  # [B, R, C]
+    big = ops.cast(3.0e38, cost.dtype)
+    lo = ops.min(ops.where(allowed, half, big), axis=(1, 2), keepdims=True)  # [B, 1, 1]
+    hi = ops.max(ops.where(allowed, half, -big), axis=(1, 2), keepdims=True)  # [B, 1, 1]
+    span = hi - lo
+    span = ops.where(span > 0, span, 1.0)
+    scaled = ops.clip((half - lo) / span, 0.0, 1.0)
+    return ops.where(allowed, scaled, float(rows + 1))
+
+
+def _solve(cost: Tensor, active_row: Tensor) -> tuple[Tensor, Tensor]:
+    """Shortest augmenting paths on finite costs `[B, R, C]` with `R <= C`.
+
+    Rows where `active_row` is False are not inserted. Returns `col4row [B, R]` and
+    `row4col [B, C]`, -1 where unmatched.
+    """
+    rows, cols = cost.shape[1], cost.shape[2]
+    dtype = cost.dtype
+    inf = ops.cast(float("inf"), dtype)
+    row_ids = ops.arange(rows, dtype="int32")  # [R]
+    col_ids = ops.arange(cols, dtype="int32")  # [C]
+
+    # Row reduction: u_i = min_j c_ij, v = 0; each row takes its cheapest column unless an
+    # earlier row took it. Reduced costs stay >= 0 and matched pairs are tight.
+    u = ops.min(cost, axis=2)  # [B, R]
+    v = ops.zeros_like(cost[:, 0, :])  # [B, C]
+    best = ops.cast(ops.argmin(cost, axis=2), "int32")  # [B, R]
+    best = ops.where(active_row, best, -1)
+    same = ops.equal(best[:, :, None], best[:, None, :])  # [B, R, R]
+    earlier = row_ids[None, :] < row_ids[:, None]  # [R, R]: k < i
+    taken_before = ops.any(ops.logical_and(same, earlier[None]), axis=2)  # [B, R]
+    col4row = ops.where(ops.logical_and(best >= 0, ops.logical_not(taken_before)), best, -1)
+    hits = ops.equal(col4row[:, :, None], col_ids[None, None, :])  # [B, R, C]
+    row4col = ops.max(ops.where(hits, row_ids[None, :, None], -1), axis=1)  # [B, C]
+    pending = ops.logical_and(active_row, col4row < 0)  # [B, R]: rows still to insert
+
+    def next_row(pending: Tensor) -> Tensor:
+        # First pending row, or R when none is left.
+        return ops.min(ops.where(pending, row_ids[None, :], rows), axis=1)  # [B]
+
+    start = next_row(pending)
+    state = {
+        "u": u,
+        "v": v,
+        "col4row": col4row,
+        "row4col": row4col,
+        "pending": pending,
+        "cur": start,  # [B] row being inserted (R = done)
+        "i": start,  # [B] row being scanned
+        "min_val": ops.zeros_like(u[:, 0]),  # [B]
+        "spc": ops.full_like(v, inf),  # [B, C] shortest path costs
+        "path": ops.zeros_like(row4col) - 1,  # [B, C] predecessor row of each column
+        "scanned_col": ops.zeros_like(v, dtype="bool"),  # [B, C]
+        "scanned_row": ops.zeros_like(u, dtype="bool"),  # [B, R]
+    }
+
+    def gather(x: Tensor, index: Tensor) -> Tensor:
+        # x[b, index[b]] for index [B] (clipped into range), -> [B]
+        size = x.shape[1]
+        return ops.take_along_axis(x, ops.clip(index, 0, size - 1)[:, None], axis=1)[:, 0]
+
+    def cond(s: dict[str, Tensor]) -> Tensor:
+        return ops.any(s["cur"] < rows)
+
+    def body(s: dict[str, Tensor]) -> dict[str, Tensor]:
+        working = s["cur"] < rows  # [B]
+        i = ops.clip(s["i"], 0, rows - 1)
+        cost_row = ops.take_along_axis(cost, i[:, None, None], axis=1)[:, 0, :]  # [B, C]
+        u_i = gather(s["u"], i)
+        reduced = s["min_val"][:, None] + cost_row - u_i[:, None] - s["v"]  # [B, C]
+        scanned_col = s["scanned_col"]
+        better = ops.logical_and(ops.logical_not(scanned_col), reduced < s["spc"])
+        better = ops.logical_and(better, working[:, None])
+        spc = ops.where(better, reduced, s["spc"])
+        path = ops.where(better, i[:, None], s["path"])
+        scanned_row = ops.logical_or(
+            s["scanned_row"],
+            ops.logical_and(ops.equal(row_ids[None, :], i[:, None]), working[:, None]),
+        )
+        # Closest unscanned column; among equals, a free one (it ends the search).
+        candidates = ops.where(scanned_col, inf, spc)
+        min_val = ops.min(candidates, axis=1)  # [B]
+        at_min = ops.equal(candidates, min_val[:, None])
+        free = s["row4col"] < 0
+        at_min_free = ops.logical_and(at_min, free)
+        j = ops.where(
+            ops.any(at_min_free, axis=1),
+            ops.argmax(at_min_free, axis=1),
+            ops.argmax(at_min, axis=1),
+        )
+        j = ops.cast(j, "int32")  # [B]
+        scanned_col = ops.logical_or(
+            scanned_col, ops.logical_and(ops.equal(col_ids[None, :], j[:, None]), working[:, None])
+        )
+        owner = gather(s["row4col"], j)  # [B]
+        found = ops.logical_and(working, owner < 0)  # [B]: j is a free column, the sink
+
+        # Dual update for the samples whose search ended.
+        spc_of_row = ops.take_along_axis(spc, ops.maximum(s["col4row"], 0), axis=1)  # [B, R]
+        is_cur = ops.equal(row_ids[None, :], s["cur"][:, None])
+        row_shift = ops.where(
+            ops.logical_and(scanned_row, ops.logical_not(is_cur)),
+            min_val[:, None] - spc_of_row,
+            0.0,
+        )
+        row_shift = ops.where(is_cur, min_val[:, None], row_shift)
+        u = ops.where(found[:, None], s["u"] + row_shift, s["u"])
+        col_shift = ops.where(scanned_col, min_val[:, None] - spc, 0.0)
+        v = ops.where(found[:, None], s["v"] - col_shift, s["v"])
+
+        col4row, row4col = _flip_paths(s["col4row"], s["row4col"], path, j, s["cur"], found)
+
+        pending = ops.logical_and(
+            s["pending"], ops.logical_not(ops.logical_and(is_cur, found[:, None]))
+        )
+        cur = ops.where(found, next_row(pending), s["cur"])
+        i_next = ops.where(found, cur, ops.where(working, owner, s["i"]))
+        reset = found[:, None]
+        return {
+            "u": u,
+            "v": v,
+            "col4row": col4row,
+            "row4col": row4col,
+            "pending": pending,
+            "cur": cur,
+            "i": i_next,
+            "min_val": ops.where(found, 0.0, ops.where(working, min_val, s["min_val"])),
+            "spc": ops.where(reset, inf, spc),
+            "path": ops.where(reset, -1, path),
+            "scanned_col": ops.logical_and(scanned_col, ops.logical_not(reset)),
+            "scanned_row": ops.logical_and(scanned_row, ops.logical_not(reset)),
+        }
+
+    state = ops.while_loop(cond, body, state, maximum_iterations=rows * (rows + 1) // 2 + 1)
+    return state["col4row"], state["row4col"]
+
+
+def _flip_paths(
+    col4row: Tensor, row4col: Tensor, path: Tensor, sink: Tensor, root: Tensor, found: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Flips the augmenting path from `sink` back to `root` for samples where `found`."""
+    rows, cols = col4row.shape[1], row4col.shape[1]
+    row_ids = ops.arange(rows, dtype="int32")
+    col_ids = ops.arange(cols, dtype="int32")
+
+    def cond(c4r: Tensor, r4c: Tensor, j: Tensor, walking: Tensor) -> Tensor:
+        return ops.any(walking)
+
+    def body(
+        c4r: Tensor, r4c: Tensor, j: Tensor, walking: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        safe_j = ops.clip(j, 0, cols - 1)
+        i = ops.take_along_axis(path, safe_j[:, None], axis=1)[:, 0]  # [B]
+        safe_i = ops.clip(i, 0, rows - 1)
+        prev_j = ops.take_along_axis(c4r, safe_i[:, None], axis=1)[:, 0]  # [B]
+        set_col = ops.logical_and(ops.equal(col_ids[None, :], safe_j[:, None]), walking[:, None])
+        r4c = ops.where(set_col, i[:, None], r4c)
+        set_row = ops.logical_and(ops.equal(row_ids[None, :], safe_i[:, None]), walking[:, None])
+        c4r = ops.where(set_row, safe_j[:, None], c4r)
+        walking = ops.logical_and(walking, ops.not_equal(i, root))
+        return c4r, r4c, prev_j, walking
+
+    col4row, row4col, _, _ = ops.while_loop(
+        cond, body, (col4row, row4col, sink, found), maximum_iterations=rows
+    )
+    return col4row, row4col
