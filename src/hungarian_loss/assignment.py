@@ -59,6 +59,9 @@ def linear_sum_assignment(
     passed to the loops as `maximum_iterations`. Time is `O(R^2 * C)` per sample
     in the worst case, far less on typical inputs.
 
+    Costs are compared in float32 (float64 for float64 input); under XLA on CPU,
+    denormal costs count as 0.
+
     No gradient flows through the result (it is integer); pass a cost under
     `stop_gradient`. Works eagerly and compiled (`tf.function(jit_compile=True)`,
     `jax.jit`) with static `M`, `N` and any batch size, known or not.
@@ -159,16 +162,25 @@ def _normalize(cost: Tensor, allowed: Tensor) -> Tensor:
     """Maps each sample's allowed costs onto [0, 1] and forbidden pairs to R + 1.
 
     Halves are taken before subtracting so that costs up to the float maximum do not
-    overflow; a sample whose allowed costs are all equal maps them to 0.
+    overflow; a sample whose allowed costs are all equal maps them to 0. The map is
+    affine and increasing, so it keeps the optimal matchings.
     """
     rows = cost.shape[1]
     half = ops.where(allowed, cost * 0.5, 0.0)  # [B, R, C]
     big = ops.cast(3.0e38, cost.dtype)
-    lo = ops.min(ops.where(allowed, half, big), axis=(1, 2), keepdims=True)  # [B, 1, 1]
-    hi = ops.max(ops.where(allowed, half, -big), axis=(1, 2), keepdims=True)  # [B, 1, 1]
-    span = hi - lo
-    span = ops.where(span > 0, span, 1.0)
-    scaled = ops.clip((half - lo) / span, 0.0, 1.0)
+    lo = ops.min(
+        ops.where(allowed, half, big), axis=(1, 2), keepdims=True, initial=big
+    )  # [B, 1, 1]
+    hi = ops.max(
+        ops.where(allowed, half, -big), axis=(1, 2), keepdims=True, initial=-big
+    )  # [B, 1, 1]
+    span = hi - lo  # [B, 1, 1], finite
+    # Bring the span near 1 by an exact power of two before dividing: compilers may divide
+    # by multiplying with the reciprocal, which is denormal (flushed to 0) for huge spans
+    # and infinite for denormal ones.
+    pre = ops.where(span > 2.0**64, 2.0**-64, ops.where(span < 2.0**-64, 2.0**64, 1.0))
+    span = ops.where(span > 0, span * pre, 1.0)
+    scaled = ops.clip((half - lo) * pre / span, 0.0, 1.0)
     return ops.where(allowed, scaled, float(rows + 1))
 
 
@@ -186,7 +198,7 @@ def _solve(cost: Tensor, active_row: Tensor) -> tuple[Tensor, Tensor]:
 
     # Row reduction: u_i = min_j c_ij, v = 0; each row takes its cheapest column unless an
     # earlier row took it. Reduced costs stay >= 0 and matched pairs are tight.
-    u = ops.min(cost, axis=2)  # [B, R]
+    u = ops.min(cost, axis=2, initial=inf)  # [B, R]
     v = ops.zeros_like(cost[:, 0, :])  # [B, C]
     best = ops.cast(ops.argmin(cost, axis=2), "int32")  # [B, R]
     best = ops.where(active_row, best, -1)
@@ -195,12 +207,12 @@ def _solve(cost: Tensor, active_row: Tensor) -> tuple[Tensor, Tensor]:
     taken_before = ops.any(ops.logical_and(same, earlier[None]), axis=2)  # [B, R]
     col4row = ops.where(ops.logical_and(best >= 0, ops.logical_not(taken_before)), best, -1)
     hits = ops.equal(col4row[:, :, None], col_ids[None, None, :])  # [B, R, C]
-    row4col = ops.max(ops.where(hits, row_ids[None, :, None], -1), axis=1)  # [B, C]
+    row4col = ops.max(ops.where(hits, row_ids[None, :, None], -1), axis=1, initial=-1)  # [B, C]
     pending = ops.logical_and(active_row, col4row < 0)  # [B, R]: rows still to insert
 
     def next_row(pending: Tensor) -> Tensor:
         # First pending row, or R when none is left.
-        return ops.min(ops.where(pending, row_ids[None, :], rows), axis=1)  # [B]
+        return ops.min(ops.where(pending, row_ids[None, :], rows), axis=1, initial=rows)  # [B]
 
     start = next_row(pending)
     state = {
@@ -243,7 +255,7 @@ def _solve(cost: Tensor, active_row: Tensor) -> tuple[Tensor, Tensor]:
         )
         # Closest unscanned column; among equals, a free one (it ends the search).
         candidates = ops.where(scanned_col, inf, spc)
-        min_val = ops.min(candidates, axis=1)  # [B]
+        min_val = ops.min(candidates, axis=1, initial=inf)  # [B]
         at_min = ops.equal(candidates, min_val[:, None])
         free = s["row4col"] < 0
         at_min_free = ops.logical_and(at_min, free)

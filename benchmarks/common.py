@@ -1,0 +1,205 @@
+"""What every benchmark worker shares: inputs, timing and the line protocol with run.py.
+
+Standard library and NumPy only: the worker for hungarian-loss 1.0.3 imports this module from
+its own virtual environment.
+
+Protocol. run.py starts a worker as `python worker_x.py CONFIG_JSON`. The worker builds its
+cases, pays every first call (trace and compile) and answers with one `ready` message. Then, for
+each line `R` that run.py writes to its standard input, it times one repeat round `R` of all its
+contenders and answers with a `round` message; `quit` ends it. Messages are JSON on one line of
+standard output behind `PREFIX`; every other line is ignored. This lets run.py interleave the
+rounds of several processes (one per Keras backend or virtual environment).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+PREFIX = "@@bench "
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+@dataclass
+class Contender:
+    """One way of computing a case: `run(prepare(x))` returns its result on the host."""
+
+    run: Callable[[Any], Any]
+    prepare: Callable[[Any], Any] = _identity
+
+
+@dataclass
+class Case:
+    """One input shape and the contenders that compute it.
+
+    `check(x, results)` gets the warm-up input and each contender's result on it and returns a
+    JSON-able summary (agreement with a reference, loss values, ...).
+    """
+
+    name: str
+    make_input: Callable[[np.random.Generator], Any]
+    contenders: dict[str, Contender]
+    check: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs. Seeded by (seed, round, case) so that every process sees the same data in a round.
+
+
+def case_rng(seed: int, round_index: int, case_index: int) -> np.random.Generator:
+    """Round -1 is the warm-up input."""
+    return np.random.default_rng([seed, round_index + 1, case_index])
+
+
+def uniform_costs(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
+    return rng.random(shape, dtype=np.float32)
+
+
+def random_boxes(rng: np.random.Generator, batch: int, count: int) -> np.ndarray:
+    """Valid `xyxy` boxes inside the unit square, float32 `[batch, count, 4]`."""
+    low = rng.uniform(0.0, 0.7, size=(batch, count, 2))
+    size = rng.uniform(0.05, 0.3, size=(batch, count, 2))
+    return np.concatenate([low, low + size], axis=-1).astype(np.float32)
+
+
+def box_pairs(rng: np.random.Generator, batch: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(y_true, y_pred)`, both `[batch, count, 4]`, no padding: what 1.0.3 accepts."""
+    return random_boxes(rng, batch, count), random_boxes(rng, batch, count)
+
+
+def shape_name(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing.
+
+
+def time_calls(contender: Contender, prepared: Any, calls: int) -> float:
+    """Seconds per call, averaged over `calls` back-to-back calls, garbage collector paused."""
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        for _ in range(calls):
+            contender.run(prepared)
+        elapsed = time.perf_counter() - start
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return elapsed / calls
+
+
+def calls_for(seconds_per_call: float, target_s: float, max_calls: int) -> int:
+    """How many calls make one timing sample of about `target_s` seconds."""
+    if seconds_per_call <= 0.0:
+        return max_calls
+    return max(1, min(max_calls, math.ceil(target_s / seconds_per_call)))
+
+
+def rotated(names: list[str], shift: int) -> list[str]:
+    """`names` rotated by `shift`, so that no contender always runs first in a round."""
+    if not names:
+        return names
+    shift %= len(names)
+    return names[shift:] + names[:shift]
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker side of the protocol.
+
+
+def emit(event: str, **payload: Any) -> None:
+    print(PREFIX + json.dumps({"event": event, **payload}), flush=True)
+
+
+def error_summary(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}".strip()
+    first_lines = text.splitlines()[:6]
+    return "\n".join(first_lines)
+
+
+def _warm_up_case(
+    case: Case, case_index: int, config: dict[str, Any], unavailable: dict[str, str]
+) -> dict[str, Any]:
+    """Pays each contender's first call, sizes its timing samples, runs the case's check."""
+    x = case.make_input(case_rng(config["seed"], -1, case_index))
+    first_call_s: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    results: dict[str, Any] = {}
+    for name, contender in list(case.contenders.items()):
+        try:
+            prepared = contender.prepare(x)
+            start = time.perf_counter()
+            results[name] = contender.run(prepared)
+            first_call_s[name] = time.perf_counter() - start
+            warm = min(time_calls(contender, prepared, 1) for _ in range(2))
+        except Exception as error:
+            unavailable[f"{name} [{case.name}]"] = error_summary(error)
+            traceback.print_exc()
+            del case.contenders[name]
+            continue
+        calls[name] = calls_for(warm, config["target_s"], config["max_calls"])
+    check: dict[str, Any] = {}
+    if case.check is not None and results:
+        try:
+            check = case.check(x, results)
+        except Exception as error:
+            check = {"error": error_summary(error)}
+            traceback.print_exc()
+    return {"first_call_s": first_call_s, "calls": calls, "check": check, **case.notes}
+
+
+def _time_round(
+    cases: list[Case], calls: dict[str, dict[str, int]], config: dict[str, Any], round_index: int
+) -> dict[str, dict[str, float]]:
+    times: dict[str, dict[str, float]] = {}
+    for case_index, case in enumerate(cases):
+        x = case.make_input(case_rng(config["seed"], round_index, case_index))
+        times[case.name] = {}
+        for name in rotated(list(case.contenders), round_index):
+            contender = case.contenders[name]
+            prepared = contender.prepare(x)
+            times[case.name][name] = time_calls(contender, prepared, calls[case.name][name])
+    return times
+
+
+def serve(build: Callable[[dict[str, Any]], tuple[list[Case], dict[str, Any]]]) -> int:
+    """Runs a worker: `build(config)` returns its cases and facts about its environment.
+
+    `build` records contenders it cannot create in `info["unavailable"]` (name -> reason).
+    """
+    config = json.loads(sys.argv[1])
+    try:
+        cases, info = build(config)
+        unavailable = info.setdefault("unavailable", {})
+        info["cases"] = {
+            case.name: _warm_up_case(case, index, config, unavailable)
+            for index, case in enumerate(cases)
+        }
+    except Exception as error:
+        traceback.print_exc()
+        emit("error", message=error_summary(error))
+        return 1
+    calls = {name: case_info["calls"] for name, case_info in info["cases"].items()}
+    emit("ready", info=info)
+    for line in iter(sys.stdin.readline, ""):
+        command = line.strip()
+        if command == "quit":
+            break
+        round_index = int(command)
+        emit("round", index=round_index, times=_time_round(cases, calls, config, round_index))
+    return 0

@@ -1,0 +1,270 @@
+"""Box formats and pairwise box geometry made of `keras.ops`.
+
+Boxes are the last axis of a tensor, four numbers in one of Keras's absolute formats:
+
+```
+"xyxy"         [left, top, right, bottom]
+"yxyx"         [top, left, bottom, right]
+"xywh"         [left, top, width, height]
+"center_xywh"  [center_x, center_y, width, height]
+"center_yxhw"  [center_y, center_x, height, width]
+```
+
+The geometry works on batches of sets of boxes: `[B, M, 4]` and `[B, N, 4]` give
+`[B, M, N]`, one value per pair (an unbatched `[M, 4]` and `[N, 4]` give `[M, N]`).
+It never asserts on tensor values: boxes with zero area or with `right < left`
+(or `bottom < top`) have their width or height clamped to zero, and every division
+has a floor of `keras.config.epsilon()`, so values and gradients stay finite.
+Nothing here imports from the rest of the package.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+__all__ = [
+    "BOX_FORMATS",
+    "convert_format",
+    "pairwise_giou",
+    "pairwise_iou",
+    "standardize_box_format",
+    "to_xyxy",
+]
+
+Tensor = Any
+
+BOX_FORMATS = ("xyxy", "yxyx", "xywh", "center_xywh", "center_yxhw")
+"""The box format names understood here (Keras's names for absolute coordinates)."""
+
+_HALF_DTYPES = ("float16", "bfloat16")
+
+
+def standardize_box_format(box_format: str, name: str = "box_format") -> str:
+    """Checks a box format name and returns it in lower case.
+
+    Args:
+        box_format: One of `BOX_FORMATS`, in any case.
+        name: The argument name to use in the error message.
+
+    Returns:
+        The format name in lower case.
+
+    Raises:
+        ValueError: if `box_format` is not one of `BOX_FORMATS`. The relative formats
+            of Keras (`"rel_xyxy"`, ...) are not accepted: they need the image size.
+
+    Examples:
+        >>> from hungarian_loss.boxes import standardize_box_format
+        >>> standardize_box_format("CENTER_XYWH")
+        'center_xywh'
+    """
+    standardized = box_format.lower() if isinstance(box_format, str) else box_format
+    if standardized not in BOX_FORMATS:
+        raise ValueError(
+            f"Expected `{name}` to be one of {', '.join(map(repr, BOX_FORMATS))}. "
+            f"Received: {name}={box_format!r}"
+        )
+    return str(standardized)
+
+
+def convert_format(boxes: Tensor, source: str, target: str) -> Tensor:
+    """Converts boxes from one format to another.
+
+    Args:
+        boxes: Float tensor `[..., 4]` of boxes in the `source` format.
+        source: The format of `boxes`, one of `BOX_FORMATS`.
+        target: The format to convert to, one of `BOX_FORMATS`.
+
+    Returns:
+        Tensor of the shape and dtype of `boxes` (integer boxes become `floatx`), in
+        the `target` format.
+
+    Raises:
+        ValueError: if a format name is unknown or the last dimension is not 4.
+
+    Examples:
+        >>> import numpy as np
+        >>> from hungarian_loss.boxes import convert_format
+        >>> boxes = np.array([[10.0, 20.0, 30.0, 60.0]], dtype="float32")
+        >>> print(np.asarray(convert_format(boxes, "xyxy", "center_xywh")))
+        [[20. 40. 20. 40.]]
+    """
+    source = standardize_box_format(source, "source")
+    target = standardize_box_format(target, "target")
+    boxes = _as_float_tensor(boxes)
+    _check_box_channels(boxes, "boxes")
+    if source == target:
+        return boxes
+    # Keras's converter serves as is for the absolute formats: it works on any rank and
+    # on an unknown batch, eagerly and traced, on every backend. We only pass the dtype,
+    # since it otherwise casts to float32.
+    dtype = keras.backend.standardize_dtype(boxes.dtype)
+    return keras.utils.bounding_boxes.convert_format(
+        boxes, source=source, target=target, dtype=dtype
+    )
+
+
+def to_xyxy(boxes: Tensor, box_format: str) -> Tensor:
+    """Converts boxes to the `"xyxy"` format, `[left, top, right, bottom]`.
+
+    Args:
+        boxes: Float tensor `[..., 4]` of boxes in `box_format`.
+        box_format: The format of `boxes`, one of `BOX_FORMATS`.
+
+    Returns:
+        Tensor of the shape and dtype of `boxes`, in the `"xyxy"` format.
+
+    Raises:
+        ValueError: if `box_format` is unknown or the last dimension is not 4.
+
+    Examples:
+        >>> import numpy as np
+        >>> from hungarian_loss.boxes import to_xyxy
+        >>> boxes = np.array([[20.0, 40.0, 20.0, 40.0]], dtype="float32")
+        >>> print(np.asarray(to_xyxy(boxes, "center_xywh")))
+        [[10. 20. 30. 60.]]
+    """
+    return convert_format(boxes, source=box_format, target="xyxy")
+
+
+def pairwise_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
+    r"""Intersection over union of every pair of boxes.
+
+    ```
+    iou(a, b) = |a n b| / max(|a u b|, epsilon)
+    ```
+
+    Preconditions: none on values. A box with `right < left` or `bottom < top` counts
+    as empty (its width or height is clamped to 0); two empty boxes have IoU 0.
+    Half-precision inputs (`float16`, `bfloat16`) are computed in float32 (their areas
+    would overflow) and the result is cast back.
+
+    Args:
+        boxes1: Float tensor `[B, M, 4]` (or `[M, 4]`) in `box_format`.
+        boxes2: Float tensor `[B, N, 4]` (or `[N, 4]`) in `box_format`.
+        box_format: The format of both, one of `BOX_FORMATS`.
+
+    Returns:
+        Tensor `[B, M, N]` (or `[M, N]`) of values in `[0, 1]`, of the inputs' dtype.
+
+    Raises:
+        ValueError: if `box_format` is unknown, a last dimension is not 4, or the
+            ranks differ or are not 2 or 3.
+
+    Examples:
+        >>> import numpy as np
+        >>> from hungarian_loss.boxes import pairwise_iou
+        >>> a = np.array([[0.0, 0.0, 100.0, 100.0]], dtype="float32")
+        >>> b = np.array([[0.0, 0.0, 100.0, 100.0], [0.0, 0.0, 50.0, 50.0],
+        ...               [100.0, 0.0, 200.0, 100.0]], dtype="float32")
+        >>> print(np.round(np.asarray(pairwise_iou(a, b)), 4))
+        [[1.   0.25 0.  ]]
+    """
+    boxes1, boxes2, dtype = _prepare_pair(boxes1, boxes2, box_format)
+    intersection, union = _intersection_and_union(boxes1, boxes2)  # [B, M, N] each
+    iou = intersection / ops.maximum(union, keras.config.epsilon())  # [B, M, N]
+    return ops.cast(iou, dtype)
+
+
+def pairwise_giou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
+    r"""Generalized intersection over union (Rezatofighi et al., 2019) of every pair.
+
+    With `C` the smallest box enclosing both `a` and `b`:
+
+    ```
+    giou(a, b) = iou(a, b) - (|C| - |a u b|) / max(|C|, epsilon)
+    ```
+
+    Preconditions: none on values; empty and inverted boxes are handled as in
+    `pairwise_iou`, and half precision is computed in float32.
+
+    Args:
+        boxes1: Float tensor `[B, M, 4]` (or `[M, 4]`) in `box_format`.
+        boxes2: Float tensor `[B, N, 4]` (or `[N, 4]`) in `box_format`.
+        box_format: The format of both, one of `BOX_FORMATS`.
+
+    Returns:
+        Tensor `[B, M, N]` (or `[M, N]`) of values in `[-1, 1]`, of the inputs' dtype.
+
+    Raises:
+        ValueError: if `box_format` is unknown, a last dimension is not 4, or the
+            ranks differ or are not 2 or 3.
+
+    Examples:
+        >>> import numpy as np
+        >>> from hungarian_loss.boxes import pairwise_giou
+        >>> a = np.array([[0.0, 0.0, 100.0, 100.0]], dtype="float32")
+        >>> b = np.array([[0.0, 0.0, 50.0, 50.0], [100.0, 0.0, 200.0, 100.0],
+        ...               [100.0, 100.0, 200.0, 200.0]], dtype="float32")
+        >>> print(np.round(np.asarray(pairwise_giou(a, b)), 4))
+        [[ 0.25  0.   -0.5 ]]
+    """
+    boxes1, boxes2, dtype = _prepare_pair(boxes1, boxes2, box_format)
+    intersection, union = _intersection_and_union(boxes1, boxes2)  # [B, M, N] each
+    iou = intersection / ops.maximum(union, keras.config.epsilon())  # [B, M, N]
+    top_left = ops.minimum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])  # [B, M, N, 2]
+    bottom_right = ops.maximum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])  # [B, M, N, 2]
+    enclosing = _area_between(top_left, bottom_right)  # [B, M, N]
+    giou = iou - (enclosing - union) / ops.maximum(enclosing, keras.config.epsilon())  # [B, M, N]
+    return ops.cast(giou, dtype)
+
+
+def _intersection_and_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
+    """Areas of the intersection and of the union of every pair of `"xyxy"` boxes.
+
+    Preconditions: `boxes1 [B, M, 4]` and `boxes2 [B, N, 4]` in `"xyxy"`, same dtype.
+    Returns two tensors `[B, M, N]`, both >= 0, with `intersection <= union`.
+    """
+    area1 = _area_between(boxes1[..., :2], boxes1[..., 2:])  # [B, M]
+    area2 = _area_between(boxes2[..., :2], boxes2[..., 2:])  # [B, N]
+    top_left = ops.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])  # [B, M, N, 2]
+    bottom_right = ops.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])  # [B, M, N, 2]
+    intersection = _area_between(top_left, bottom_right)  # [B, M, N]
+    union = area1[..., :, None] + area2[..., None, :] - intersection  # [B, M, N]
+    return intersection, union
+
+
+def _area_between(top_left: Tensor, bottom_right: Tensor) -> Tensor:
+    """Area of the boxes spanned by corners `[..., 2]`; negative sides count as 0."""
+    sides = ops.maximum(bottom_right - top_left, 0.0)  # [..., 2]
+    return sides[..., 0] * sides[..., 1]  # [...]
+
+
+def _prepare_pair(boxes1: Tensor, boxes2: Tensor, box_format: str) -> tuple[Tensor, Tensor, str]:
+    """Checks two sets of boxes; returns them in `"xyxy"` and compute dtype, and the dtype."""
+    boxes1 = _as_float_tensor(boxes1)
+    boxes2 = ops.cast(_as_float_tensor(boxes2), boxes1.dtype)
+    _check_box_channels(boxes1, "boxes1")
+    _check_box_channels(boxes2, "boxes2")
+    rank1, rank2 = len(boxes1.shape), len(boxes2.shape)
+    if rank1 not in (2, 3) or rank1 != rank2:
+        raise ValueError(
+            "Expected `boxes1` and `boxes2` of the same rank, 3 ([batch, boxes, 4]) or 2 "
+            f"([boxes, 4]). Received: boxes1.shape={tuple(boxes1.shape)}, "
+            f"boxes2.shape={tuple(boxes2.shape)}"
+        )
+    dtype = keras.backend.standardize_dtype(boxes1.dtype)
+    compute_dtype = "float32" if dtype in _HALF_DTYPES else dtype
+    boxes1 = to_xyxy(ops.cast(boxes1, compute_dtype), box_format)  # [B, M, 4]
+    boxes2 = to_xyxy(ops.cast(boxes2, compute_dtype), box_format)  # [B, N, 4]
+    return boxes1, boxes2, dtype
+
+
+def _as_float_tensor(x: Tensor) -> Tensor:
+    """Converts `x` to a tensor; non-float values are cast to `keras.config.floatx()`."""
+    x = ops.convert_to_tensor(x)
+    if not keras.backend.is_float_dtype(x.dtype):
+        x = ops.cast(x, keras.config.floatx())
+    return x
+
+
+def _check_box_channels(boxes: Tensor, name: str) -> None:
+    """Raises a `ValueError` unless the last dimension of `boxes` is 4 (or unknown)."""
+    if len(boxes.shape) == 0 or boxes.shape[-1] not in (4, None):
+        raise ValueError(
+            f"Expected `{name}` with a last dimension of 4 (one box). "
+            f"Received: {name}.shape={tuple(boxes.shape)}"
+        )

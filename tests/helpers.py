@@ -1,0 +1,48 @@
+"""Test helpers: compiling for the active Keras backend, and SciPy references."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import scipy.optimize
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+BACKEND = keras.backend.backend()
+
+
+def jit(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Compiles `fn` with XLA on the active backend (TF: jit_compile, JAX: jax.jit)."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True)
+    if BACKEND == "jax":
+        import jax
+
+        return jax.jit(fn)
+    raise RuntimeError(f"These tests run on the tensorflow and jax backends, not {BACKEND!r}.")
+
+
+def scipy_total(cost: np.ndarray) -> tuple[float, int]:
+    """Optimal total cost and matched count of one finite matrix, by SciPy (float64)."""
+    rows, cols = scipy.optimize.linear_sum_assignment(cost.astype("float64"))
+    return float(cost.astype("float64")[rows, cols].sum()), len(rows)
+
+
+def matched_total(cost: np.ndarray, assignment: np.ndarray) -> tuple[float, int]:
+    """Total cost (float64) and count of the pairs an assignment [M] matches."""
+    rows = np.flatnonzero(assignment >= 0)
+    return float(cost.astype("float64")[rows, assignment[rows]].sum()), len(rows)
+
+
+def assert_is_matching(assignment: np.ndarray, n_cols: int) -> None:
+    """int32, in [-1, n_cols), no column used twice."""
+    assert assignment.dtype == np.int32
+    assert np.all(assignment >= -1) and np.all(assignment < n_cols)
+    used = assignment[assignment >= 0]
+    assert len(np.unique(used)) == len(used), f"column used twice: {assignment}"

@@ -1,0 +1,267 @@
+"""The batched solver against SciPy: parity, masks, non-finite policy, compilation."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from helpers import BACKEND, assert_is_matching, jit, matched_total, scipy_total
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from hungarian_loss import linear_sum_assignment
+
+solve = jit(linear_sum_assignment)
+F32_EPS = float(np.finfo(np.float32).eps)
+F32_TINY = float(np.finfo(np.float32).tiny)
+
+# Kinds of cost matrices, each hard in its own way.
+GENERATORS = {
+    "uniform": lambda rng, s: rng.uniform(size=s),
+    "integer_ties": lambda rng, s: rng.integers(0, 4, size=s).astype(float),
+    "constant": lambda rng, s: np.full(s, rng.normal()),
+    "negative": lambda rng, s: -rng.uniform(0, 10, size=s),
+    "large_offset": lambda rng, s: 1e5 + rng.uniform(size=s),
+    "magnitudes": lambda rng, s: rng.choice([-1, 1], size=s) * 10.0 ** rng.uniform(-6, 6, size=s),
+    "normal": lambda rng, s: 100 * rng.normal(size=s),
+}
+PARITY_SHAPES = [(0, 6), (1, 1), (1, 8), (8, 1), (3, 3), (5, 8), (8, 5), (10, 10), (12, 30)]
+PER_SHAPE = 256  # 9 shapes x 256 = 2304 matrices
+
+
+def rounding_tolerance(cost: np.ndarray, matched: int) -> float:
+    """What float32 rounding may cost on a total: a few ulps of the range per matched pair.
+
+    XLA on CPU flushes denormals to zero, so each pair may also be off by the smallest
+    normal float32.
+    """
+    finite = cost[np.isfinite(cost)]
+    if finite.size == 0:
+        return 0.0
+    span = float(np.max(np.abs(finite)))
+    return (8 * F32_EPS * span + F32_TINY) * max(matched, 1)
+
+
+def random_batch(shape: tuple[int, int], count: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    kinds = [list(GENERATORS)[k % len(GENERATORS)] for k in range(count)]
+    mats = [GENERATORS[kind](rng, shape) for kind in kinds]
+    return np.stack(mats).astype("float32").reshape((count, *shape)), kinds
+
+
+@pytest.mark.parametrize("shape", PARITY_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_parity_with_scipy(shape: tuple[int, int]) -> None:
+    cost, kinds = random_batch(shape, PER_SHAPE, seed=shape[0] * 100 + shape[1])
+    result = np.asarray(solve(cost))
+    assert result.shape == (PER_SHAPE, shape[0])
+    for b in range(PER_SHAPE):
+        assert_is_matching(result[b], shape[1])
+        ours, count = matched_total(cost[b], result[b])
+        ref, ref_count = scipy_total(cost[b])
+        assert count == ref_count == min(shape)
+        # Small integers are exact in float32: there the totals must be equal.
+        tol = 0.0 if kinds[b] == "integer_ties" else rounding_tolerance(cost[b], count)
+        assert abs(ours - ref) <= tol, (kinds[b], ours, ref, result[b])
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(
+    hnp.arrays(
+        np.float32,
+        (64, 6, 9),
+        elements=st.floats(-1e3, 1e3, width=32, allow_nan=False, allow_infinity=False),
+    )
+)
+def test_property_batched_parity(cost: np.ndarray) -> None:
+    for matrix in (cost, np.transpose(cost, (0, 2, 1)).copy()):
+        result = np.asarray(solve(matrix))
+        for b in range(matrix.shape[0]):
+            assert_is_matching(result[b], matrix.shape[2])
+            ours, count = matched_total(matrix[b], result[b])
+            ref, ref_count = scipy_total(matrix[b])
+            assert count == ref_count
+            assert abs(ours - ref) <= rounding_tolerance(matrix[b], count)
+
+
+def test_zero_sizes() -> None:
+    for shape in [(4, 0, 3), (4, 3, 0), (4, 0, 0), (0, 3, 5)]:
+        result = np.asarray(linear_sum_assignment(np.zeros(shape, "float32")))
+        assert result.shape == shape[:2] and result.dtype == np.int32
+        assert np.all(result == -1)
+
+
+def test_single_matrix_and_eager_equal_compiled() -> None:
+    cost, _ = random_batch((6, 9), 8, seed=1)
+    batched = np.asarray(solve(cost))
+    eager = np.asarray(linear_sum_assignment(cost))
+    np.testing.assert_array_equal(batched, eager)
+    for b in range(8):
+        np.testing.assert_array_equal(np.asarray(linear_sum_assignment(cost[b])), batched[b])
+
+
+def test_deterministic() -> None:
+    cost, _ = random_batch((10, 10), 32, seed=2)
+    cost = np.round(cost * 3) / 3  # plenty of ties
+    first = np.asarray(solve(cost))
+    for _ in range(3):
+        np.testing.assert_array_equal(np.asarray(solve(cost)), first)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_half_and_double_inputs(dtype: str) -> None:
+    # JAX without x64 holds float64 as float32; the solver then works in float32.
+    cost = np.random.default_rng(3).uniform(size=(16, 5, 8)).astype(dtype)
+    result = np.asarray(linear_sum_assignment(keras.ops.convert_to_tensor(cost, dtype)))
+    for b in range(16):
+        assert_is_matching(result[b], 8)
+        ours, count = matched_total(cost[b], result[b])
+        ref, _ = scipy_total(cost[b])
+        assert count == 5
+        assert abs(ours - ref) <= rounding_tolerance(cost[b], count)
+
+
+# ----- masks ---------------------------------------------------------------------------------
+
+
+def test_masks_match_scipy_on_valid_submatrix() -> None:
+    rng = np.random.default_rng(4)
+    batch, m, n = 128, 7, 9
+    cost = rng.normal(size=(batch, m, n)).astype("float32")
+    row_mask = rng.uniform(size=(batch, m)) < 0.7
+    col_mask = rng.uniform(size=(batch, n)) < 0.6
+    row_mask[0] = False  # no valid rows
+    col_mask[1] = False  # no valid columns
+    result = np.asarray(jit(linear_sum_assignment)(cost, row_mask, col_mask))
+    assert np.all(result[0] == -1) and np.all(result[1] == -1)
+    for b in range(batch):
+        assert_is_matching(result[b], n)
+        assert np.all(result[b][~row_mask[b]] == -1), "a padded row was matched"
+        matched = result[b][result[b] >= 0]
+        assert np.all(col_mask[b][matched]), "a padded column was matched"
+        sub = cost[b][np.ix_(row_mask[b], col_mask[b])]
+        ours, count = matched_total(cost[b], result[b])
+        ref, ref_count = scipy_total(sub) if sub.size else (0.0, 0)
+        assert count == ref_count == min(row_mask[b].sum(), col_mask[b].sum())
+        assert abs(ours - ref) <= rounding_tolerance(sub, count)
+
+
+def test_mask_shape_errors() -> None:
+    cost = np.zeros((2, 3, 4), "float32")
+    with pytest.raises(ValueError, match="row_mask"):
+        linear_sum_assignment(cost, row_mask=np.ones((2, 4), bool))
+    with pytest.raises(ValueError, match="col_mask"):
+        linear_sum_assignment(cost, col_mask=np.ones((2, 3), bool))
+
+
+@pytest.mark.parametrize("shape", [(5,), (1, 2, 3, 4)])
+def test_rank_errors(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="Expected `cost` of rank 3"):
+        linear_sum_assignment(np.zeros(shape, "float32"))
+
+
+# ----- non-finite costs ----------------------------------------------------------------------
+
+
+def forbidden_reference(cost: np.ndarray) -> tuple[float, int]:
+    """SciPy with forbidden pairs priced above any finite total: (allowed total, allowed count)."""
+    allowed = np.isfinite(cost)
+    finite = cost[allowed].astype("float64")
+    span = float(np.abs(finite).sum()) if finite.size else 0.0
+    big = 2 * span + 1.0
+    priced = np.where(allowed, cost.astype("float64"), big)
+    # Forbidden pairs also cost `big` when SciPy uses them; a shift keeps allowed pairs cheaper.
+    rows, cols = scipy_total_pairs(priced)
+    keep = allowed[rows, cols]
+    return float(priced[rows[keep], cols[keep]].sum()), int(keep.sum())
+
+
+def scipy_total_pairs(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import scipy.optimize
+
+    return scipy.optimize.linear_sum_assignment(cost)
+
+
+@pytest.mark.parametrize("shape", [(6, 9), (9, 6)], ids=["wide", "tall"])
+def test_non_finite_entries_are_forbidden(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(5 + shape[0])
+    batch = 192
+    cost = rng.normal(size=(batch, *shape)).astype("float32")
+    density = rng.uniform(0.0, 0.9, size=(batch, 1, 1))
+    holes = rng.uniform(size=cost.shape) < density
+    values = rng.choice(np.array([np.inf, -np.inf, np.nan], "float32"), size=cost.shape)
+    cost = np.where(holes, values, cost)
+    result = np.asarray(solve(cost))
+    for b in range(batch):
+        assert_is_matching(result[b], shape[1])
+        rows = np.flatnonzero(result[b] >= 0)
+        assert np.all(np.isfinite(cost[b][rows, result[b][rows]])), "a forbidden pair was matched"
+        ours, count = matched_total(cost[b], result[b])
+        ref, ref_count = forbidden_reference(cost[b])
+        assert count == ref_count, (b, result[b])
+        assert abs(ours - ref) <= rounding_tolerance(cost[b], count)
+
+
+def test_all_nan_and_all_inf_samples_return_minus_one() -> None:
+    cost = np.stack(
+        [
+            np.full((10, 10), np.nan),
+            np.full((10, 10), np.inf),
+            np.full((10, 10), -np.inf),
+            np.arange(100.0).reshape(10, 10),
+        ]
+    ).astype("float32")
+    result = np.asarray(solve(cost))
+    assert np.all(result[:3] == -1)
+    assert_is_matching(result[3], 10)
+    assert np.all(result[3] >= 0)
+
+
+def test_extreme_magnitudes() -> None:
+    big = float(np.finfo(np.float32).max)
+    rng = np.random.default_rng(6)
+    huge = rng.choice(np.array([-big, big, 0.0, 1.0], "float32"), size=(64, 5, 7))
+    tiny = (rng.uniform(size=(64, 5, 7)) * 1e-39).astype("float32")  # denormals
+    mixed = np.where(rng.uniform(size=(64, 5, 7)) < 0.5, tiny, 1e-30).astype("float32")
+    for cost in (huge, tiny, mixed):
+        result = np.asarray(solve(cost))
+        for b in range(64):
+            assert_is_matching(result[b], 7)
+            ours, count = matched_total(cost[b], result[b])
+            ref, _ = scipy_total(cost[b])
+            assert count == 5
+            assert abs(ours - ref) <= rounding_tolerance(cost[b], count)
+
+
+# ----- compilation ---------------------------------------------------------------------------
+
+
+def test_unknown_batch_dimension() -> None:
+    rng = np.random.default_rng(7)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        fn = tf.function(
+            linear_sum_assignment,
+            input_signature=[tf.TensorSpec([None, 6, 8], tf.float32)],
+            jit_compile=True,
+        )
+        traced = fn.get_concrete_function()
+        assert traced.structured_outputs.shape.as_list() == [None, 6]
+    else:
+        import jax
+
+        # JAX's form of an unknown batch: a symbolic dimension, exported once.
+        (batch,) = jax.export.symbolic_shape("b")
+        spec = jax.ShapeDtypeStruct((batch, 6, 8), np.float32)
+        exported = jax.export.export(jax.jit(linear_sum_assignment))(spec)
+        assert str(exported.out_avals[0].shape[0]) == "b"
+        fn = exported.call
+    for size in (1, 64):
+        cost = rng.uniform(size=(size, 6, 8)).astype("float32")
+        result = np.asarray(fn(cost))
+        assert result.shape == (size, 6)
+        for b in range(size):
+            ours, _ = matched_total(cost[b], result[b])
+            ref, _ = scipy_total(cost[b])
+            assert abs(ours - ref) <= rounding_tolerance(cost[b], 6)
