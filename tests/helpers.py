@@ -46,3 +46,19 @@ def assert_is_matching(assignment: np.ndarray, n_cols: int) -> None:
     assert np.all(assignment >= -1) and np.all(assignment < n_cols)
     used = assignment[assignment >= 0]
     assert len(np.unique(used)) == len(used), f"column used twice: {assignment}"
+
+
+def gradient(fn: Callable[[Any], Any], x: np.ndarray) -> np.ndarray:
+    """d sum(fn(x)) / dx on the active backend, as NumPy."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        variable = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            tape.watch(variable)
+            total = tf.reduce_sum(fn(variable))
+        return np.asarray(tape.gradient(total, variable))
+    import jax
+    import jax.numpy as jnp
+
+    return np.asarray(jax.grad(lambda v: jnp.sum(fn(v)))(jnp.asarray(x)))

@@ -5,6 +5,8 @@ Cost matrices in, integer indices out. Nothing here knows about losses or boxes.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -118,31 +120,58 @@ def linear_sum_assignment(
 
     dtype = "float64" if keras.backend.standardize_dtype(cost.dtype) == "float64" else "float32"
     cost = ops.cast(cost, dtype)
+    if m == 0 or n == 0:
+        result = ops.zeros_like(ops.sum(ops.cast(cost, "int32"), axis=2)) - 1  # [B, M]
+    else:
+        if row_mask is None:
+            row_mask = ops.ones_like(cost[:, :, 0], dtype="bool")
+        if col_mask is None:
+            col_mask = ops.ones_like(cost[:, 0, :], dtype="bool")
+        result = _compiled(_assign)(cost, row_mask, col_mask)
+    return result[0] if single else result
+
+
+def _assign(cost: Tensor, row_mask: Tensor, col_mask: Tensor) -> Tensor:
+    """The solver on `[B, M, N]` with `M, N > 0` and both masks given."""
     # Allowed pairs: finite cost on a real row and a real column.
     allowed = ops.isfinite(cost)
-    if row_mask is not None:
-        allowed = ops.logical_and(allowed, row_mask[:, :, None])
-    if col_mask is not None:
-        allowed = ops.logical_and(allowed, col_mask[:, None, :])
+    allowed = ops.logical_and(allowed, row_mask[:, :, None])
+    allowed = ops.logical_and(allowed, col_mask[:, None, :])
+    transposed = cost.shape[1] > cost.shape[2]
+    if transposed:
+        cost = ops.transpose(cost, (0, 2, 1))
+        allowed = ops.transpose(allowed, (0, 2, 1))
+    scaled = _normalize(cost, allowed)
+    col4row, row4col = _solve(scaled, ops.any(allowed, axis=2))
+    if transposed:
+        allowed = ops.transpose(allowed, (0, 2, 1))
+        col4row = row4col
+    # A row is matched only on an allowed pair (not on the stand-in cost R + 1).
+    safe = ops.maximum(col4row, 0)
+    on_allowed = ops.take_along_axis(allowed, safe[:, :, None], axis=2)[:, :, 0]
+    result = ops.where(ops.logical_and(col4row >= 0, on_allowed), col4row, -1)
+    return ops.cast(result, "int32")
 
-    if m == 0 or n == 0:
-        result = ops.zeros_like(ops.sum(ops.cast(allowed, "int32"), axis=2)) - 1
-    else:
-        transposed = m > n
-        if transposed:
-            cost = ops.transpose(cost, (0, 2, 1))
-            allowed = ops.transpose(allowed, (0, 2, 1))
-        scaled = _normalize(cost, allowed)
-        col4row, row4col = _solve(scaled, ops.any(allowed, axis=2))
-        if transposed:
-            allowed = ops.transpose(allowed, (0, 2, 1))
-            col4row = row4col
-        # A row is matched only on an allowed pair (not on the stand-in cost R + 1).
-        safe = ops.maximum(col4row, 0)
-        on_allowed = ops.take_along_axis(allowed, safe[:, :, None], axis=2)[:, :, 0]
-        result = ops.where(ops.logical_and(col4row >= 0, on_allowed), col4row, -1)
-    result = ops.cast(result, "int32")
-    return result[0] if single else result
+
+@functools.cache
+def _compiled(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Backend-specific: `fn` compiled with XLA, once per shape.
+
+    Eager calls then do not run the loops op by op. Inside a traced function it is
+    inlined (JAX) or runs as one XLA cluster (TensorFlow, also when the surrounding
+    model is not compiled with XLA).
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        compiled: Callable[..., Tensor] = tf.function(fn, jit_compile=True, autograph=False)
+        return compiled
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    return fn
 
 
 def _check_mask(mask: Tensor | None, cost: Tensor, axis: int, name: str) -> Tensor | None:
@@ -179,6 +208,7 @@ def _normalize(cost: Tensor, allowed: Tensor) -> Tensor:
     # by multiplying with the reciprocal, which is denormal (flushed to 0) for huge spans
     # and infinite for denormal ones.
     pre = ops.where(span > 2.0**64, 2.0**-64, ops.where(span < 2.0**-64, 2.0**64, 1.0))
+    pre = ops.cast(pre, cost.dtype)
     span = ops.where(span > 0, span * pre, 1.0)
     scaled = ops.clip((half - lo) * pre / span, 0.0, 1.0)
     return ops.where(allowed, scaled, float(rows + 1))
@@ -189,17 +219,21 @@ def _solve(cost: Tensor, active_row: Tensor) -> tuple[Tensor, Tensor]:
 
     Rows where `active_row` is False are not inserted. Returns `col4row [B, R]` and
     `row4col [B, C]`, -1 where unmatched.
+
+    Only the column duals `v` are kept: a matched pair is tight, so the dual of a
+    matched row is `u_i = c[i, col4row[i]] - v[col4row[i]]`, read when the row is
+    scanned; the row being inserted starts its search at distance 0.
     """
     rows, cols = cost.shape[1], cost.shape[2]
     dtype = cost.dtype
     inf = ops.cast(float("inf"), dtype)
     row_ids = ops.arange(rows, dtype="int32")  # [R]
     col_ids = ops.arange(cols, dtype="int32")  # [C]
+    flat_cost = ops.reshape(cost, (-1, cols))  # [B * R, C]
+    row_offset = (ops.cumsum(ops.ones_like(cost[:, 0, 0], dtype="int32")) - 1) * rows  # [B]
 
-    # Row reduction: u_i = min_j c_ij, v = 0; each row takes its cheapest column unless an
-    # earlier row took it. Reduced costs stay >= 0 and matched pairs are tight.
-    u = ops.min(cost, axis=2, initial=inf)  # [B, R]
-    v = ops.zeros_like(cost[:, 0, :])  # [B, C]
+    # Row reduction: with u_i = min_j c_ij and v = 0, each row takes its cheapest column
+    # unless an earlier row took it. Reduced costs stay >= 0 and matched pairs are tight.
     best = ops.cast(ops.argmin(cost, axis=2), "int32")  # [B, R]
     best = ops.where(active_row, best, -1)
     same = ops.equal(best[:, :, None], best[:, None, :])  # [B, R, R]
@@ -215,106 +249,93 @@ def _solve(cost: Tensor, active_row: Tensor) -> tuple[Tensor, Tensor]:
         return ops.min(ops.where(pending, row_ids[None, :], rows), axis=1, initial=rows)  # [B]
 
     start = next_row(pending)
+    v = ops.zeros_like(cost[:, 0, :])  # [B, C]
     state = {
-        "u": u,
         "v": v,
         "col4row": col4row,
         "row4col": row4col,
         "pending": pending,
         "cur": start,  # [B] row being inserted (R = done)
         "i": start,  # [B] row being scanned
-        "min_val": ops.zeros_like(u[:, 0]),  # [B]
+        "min_val": ops.zeros_like(v[:, 0]),  # [B] distance of row i
         "spc": ops.full_like(v, inf),  # [B, C] shortest path costs
         "path": ops.zeros_like(row4col) - 1,  # [B, C] predecessor row of each column
-        "scanned_col": ops.zeros_like(v, dtype="bool"),  # [B, C]
-        "scanned_row": ops.zeros_like(u, dtype="bool"),  # [B, R]
+        "scanned": ops.zeros_like(v, dtype="bool"),  # [B, C] scanned columns
     }
-
-    def gather(x: Tensor, index: Tensor) -> Tensor:
-        # x[b, index[b]] for index [B] (clipped into range), -> [B]
-        size = x.shape[1]
-        return ops.take_along_axis(x, ops.clip(index, 0, size - 1)[:, None], axis=1)[:, 0]
 
     def cond(s: dict[str, Tensor]) -> Tensor:
         return ops.any(s["cur"] < rows)
 
     def body(s: dict[str, Tensor]) -> dict[str, Tensor]:
         working = s["cur"] < rows  # [B]
-        i = ops.clip(s["i"], 0, rows - 1)
-        cost_row = ops.take_along_axis(cost, i[:, None, None], axis=1)[:, 0, :]  # [B, C]
-        u_i = gather(s["u"], i)
-        reduced = s["min_val"][:, None] + cost_row - u_i[:, None] - s["v"]  # [B, C]
-        scanned_col = s["scanned_col"]
-        better = ops.logical_and(ops.logical_not(scanned_col), reduced < s["spc"])
+        i = ops.minimum(s["i"], rows - 1)  # [B]
+        cost_row = ops.take(flat_cost, row_offset + i, axis=0)  # [B, C]
+        v = s["v"]
+        matched_col = _pick(s["col4row"], row_ids, i)  # [B], -1 for the row being inserted
+        u_i = _pick(cost_row - v, col_ids, matched_col)  # [B], 0 for the row being inserted
+        reduced = s["min_val"][:, None] + cost_row - u_i[:, None] - v  # [B, C]
+        scanned = s["scanned"]
+        better = ops.logical_and(ops.logical_not(scanned), reduced < s["spc"])
         better = ops.logical_and(better, working[:, None])
-        spc = ops.where(better, reduced, s["spc"])
-        path = ops.where(better, i[:, None], s["path"])
-        scanned_row = ops.logical_or(
-            s["scanned_row"],
-            ops.logical_and(ops.equal(row_ids[None, :], i[:, None]), working[:, None]),
-        )
+        spc = ops.where(better, reduced, s["spc"])  # [B, C]
+        path = ops.where(better, i[:, None], s["path"])  # [B, C]
         # Closest unscanned column; among equals, a free one (it ends the search).
-        candidates = ops.where(scanned_col, inf, spc)
+        candidates = ops.where(scanned, inf, spc)  # [B, C]
         min_val = ops.min(candidates, axis=1, initial=inf)  # [B]
-        at_min = ops.equal(candidates, min_val[:, None])
-        free = s["row4col"] < 0
-        at_min_free = ops.logical_and(at_min, free)
+        at_min = ops.equal(candidates, min_val[:, None])  # [B, C]
+        at_min_free = ops.logical_and(at_min, s["row4col"] < 0)  # [B, C]
         j = ops.where(
             ops.any(at_min_free, axis=1),
             ops.argmax(at_min_free, axis=1),
             ops.argmax(at_min, axis=1),
         )
         j = ops.cast(j, "int32")  # [B]
-        scanned_col = ops.logical_or(
-            scanned_col, ops.logical_and(ops.equal(col_ids[None, :], j[:, None]), working[:, None])
-        )
-        owner = gather(s["row4col"], j)  # [B]
+        is_j = ops.logical_and(ops.equal(col_ids[None, :], j[:, None]), working[:, None])
+        scanned = ops.logical_or(scanned, is_j)  # [B, C]
+        owner = _pick(s["row4col"], col_ids, j)  # [B]
         found = ops.logical_and(working, owner < 0)  # [B]: j is a free column, the sink
 
-        # Dual update for the samples whose search ended.
-        spc_of_row = ops.take_along_axis(spc, ops.maximum(s["col4row"], 0), axis=1)  # [B, R]
-        is_cur = ops.equal(row_ids[None, :], s["cur"][:, None])
-        row_shift = ops.where(
-            ops.logical_and(scanned_row, ops.logical_not(is_cur)),
-            min_val[:, None] - spc_of_row,
-            0.0,
-        )
-        row_shift = ops.where(is_cur, min_val[:, None], row_shift)
-        u = ops.where(found[:, None], s["u"] + row_shift, s["u"])
-        col_shift = ops.where(scanned_col, min_val[:, None] - spc, 0.0)
-        v = ops.where(found[:, None], s["v"] - col_shift, s["v"])
-
+        # Where the search ended: update the column duals, flip the path, next row.
+        shift = ops.logical_and(scanned, found[:, None])
+        v = ops.where(shift, v - (min_val[:, None] - spc), v)  # [B, C]
         col4row, row4col = _flip_paths(s["col4row"], s["row4col"], path, j, s["cur"], found)
-
-        pending = ops.logical_and(
-            s["pending"], ops.logical_not(ops.logical_and(is_cur, found[:, None]))
-        )
+        done_row = ops.logical_and(ops.equal(row_ids[None, :], s["cur"][:, None]), found[:, None])
+        pending = ops.logical_and(s["pending"], ops.logical_not(done_row))  # [B, R]
         cur = ops.where(found, next_row(pending), s["cur"])
-        i_next = ops.where(found, cur, ops.where(working, owner, s["i"]))
         reset = found[:, None]
         return {
-            "u": u,
             "v": v,
             "col4row": col4row,
             "row4col": row4col,
             "pending": pending,
             "cur": cur,
-            "i": i_next,
-            "min_val": ops.where(found, 0.0, ops.where(working, min_val, s["min_val"])),
+            "i": ops.where(found, cur, ops.where(working, owner, s["i"])),
+            "min_val": ops.where(working, ops.where(found, 0.0, min_val), s["min_val"]),
             "spc": ops.where(reset, inf, spc),
             "path": ops.where(reset, -1, path),
-            "scanned_col": ops.logical_and(scanned_col, ops.logical_not(reset)),
-            "scanned_row": ops.logical_and(scanned_row, ops.logical_not(reset)),
+            "scanned": ops.logical_and(scanned, ops.logical_not(reset)),
         }
 
     state = ops.while_loop(cond, body, state, maximum_iterations=rows * (rows + 1) // 2 + 1)
     return state["col4row"], state["row4col"]
 
 
+def _pick(x: Tensor, ids: Tensor, index: Tensor) -> Tensor:
+    """`x[b, index[b]]` for `x [B, K]`, `ids = arange(K)`, `index [B]`; 0 out of range.
+
+    A masked sum rather than a gather: O(B * K), and cheap inside XLA loops.
+    """
+    return ops.sum(ops.where(ops.equal(ids[None, :], index[:, None]), x, 0), axis=1)
+
+
 def _flip_paths(
     col4row: Tensor, row4col: Tensor, path: Tensor, sink: Tensor, root: Tensor, found: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Flips the augmenting path from `sink` back to `root` for samples where `found`."""
+    """Flips the augmenting path from `sink` back to `root` for samples where `found`.
+
+    Each step moves one row onto the column it was reached from; a path holds at most
+    R rows, which bounds the loop.
+    """
     rows, cols = col4row.shape[1], row4col.shape[1]
     row_ids = ops.arange(rows, dtype="int32")
     col_ids = ops.arange(cols, dtype="int32")
@@ -325,14 +346,12 @@ def _flip_paths(
     def body(
         c4r: Tensor, r4c: Tensor, j: Tensor, walking: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        safe_j = ops.clip(j, 0, cols - 1)
-        i = ops.take_along_axis(path, safe_j[:, None], axis=1)[:, 0]  # [B]
-        safe_i = ops.clip(i, 0, rows - 1)
-        prev_j = ops.take_along_axis(c4r, safe_i[:, None], axis=1)[:, 0]  # [B]
-        set_col = ops.logical_and(ops.equal(col_ids[None, :], safe_j[:, None]), walking[:, None])
+        i = _pick(path, col_ids, j)  # [B]
+        prev_j = _pick(c4r, row_ids, i)  # [B]
+        set_col = ops.logical_and(ops.equal(col_ids[None, :], j[:, None]), walking[:, None])
         r4c = ops.where(set_col, i[:, None], r4c)
-        set_row = ops.logical_and(ops.equal(row_ids[None, :], safe_i[:, None]), walking[:, None])
-        c4r = ops.where(set_row, safe_j[:, None], c4r)
+        set_row = ops.logical_and(ops.equal(row_ids[None, :], i[:, None]), walking[:, None])
+        c4r = ops.where(set_row, j[:, None], c4r)
         walking = ops.logical_and(walking, ops.not_equal(i, root))
         return c4r, r4c, prev_j, walking
 

@@ -13,8 +13,9 @@ Boxes are the last axis of a tensor, four numbers in one of Keras's absolute for
 The geometry works on batches of sets of boxes: `[B, M, 4]` and `[B, N, 4]` give
 `[B, M, N]`, one value per pair (an unbatched `[M, 4]` and `[N, 4]` give `[M, N]`).
 It never asserts on tensor values: boxes with zero area or with `right < left`
-(or `bottom < top`) have their width or height clamped to zero, and every division
-has a floor of `keras.config.epsilon()`, so values and gradients stay finite.
+(or `bottom < top`) have their width or height clamped to zero, and a ratio of areas
+whose denominator is at most `epsilon = keras.config.epsilon()` is 0, with gradient
+0, so values and gradients stay finite.
 Nothing here imports from the rest of the package.
 """
 
@@ -134,11 +135,12 @@ def pairwise_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Te
     r"""Intersection over union of every pair of boxes.
 
     ```
-    iou(a, b) = |a n b| / max(|a u b|, epsilon)
+    iou(a, b) = |a n b| / |a u b|    where |a u b| > epsilon, else 0
     ```
 
     Preconditions: none on values. A box with `right < left` or `bottom < top` counts
-    as empty (its width or height is clamped to 0); two empty boxes have IoU 0.
+    as empty (its width or height is clamped to 0); two empty boxes have IoU 0, with
+    gradient 0.
     Half-precision inputs (`float16`, `bfloat16`) are computed in float32 (their areas
     would overflow) and the result is cast back.
 
@@ -165,8 +167,7 @@ def pairwise_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Te
     """
     boxes1, boxes2, dtype = _prepare_pair(boxes1, boxes2, box_format)
     intersection, union = _intersection_and_union(boxes1, boxes2)  # [B, M, N] each
-    iou = intersection / ops.maximum(union, keras.config.epsilon())  # [B, M, N]
-    return ops.cast(iou, dtype)
+    return ops.cast(_safe_divide(intersection, union), dtype)
 
 
 def pairwise_giou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
@@ -175,7 +176,7 @@ def pairwise_giou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> T
     With `C` the smallest box enclosing both `a` and `b`:
 
     ```
-    giou(a, b) = iou(a, b) - (|C| - |a u b|) / max(|C|, epsilon)
+    giou(a, b) = iou(a, b) - (|C| - |a u b|) / |C|    where |C| > epsilon, else iou(a, b)
     ```
 
     Preconditions: none on values; empty and inverted boxes are handled as in
@@ -204,11 +205,11 @@ def pairwise_giou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> T
     """
     boxes1, boxes2, dtype = _prepare_pair(boxes1, boxes2, box_format)
     intersection, union = _intersection_and_union(boxes1, boxes2)  # [B, M, N] each
-    iou = intersection / ops.maximum(union, keras.config.epsilon())  # [B, M, N]
+    iou = _safe_divide(intersection, union)  # [B, M, N]
     top_left = ops.minimum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])  # [B, M, N, 2]
     bottom_right = ops.maximum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])  # [B, M, N, 2]
     enclosing = _area_between(top_left, bottom_right)  # [B, M, N]
-    giou = iou - (enclosing - union) / ops.maximum(enclosing, keras.config.epsilon())  # [B, M, N]
+    giou = iou - _safe_divide(enclosing - union, enclosing)  # [B, M, N]
     return ops.cast(giou, dtype)
 
 
@@ -225,6 +226,17 @@ def _intersection_and_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Ten
     intersection = _area_between(top_left, bottom_right)  # [B, M, N]
     union = area1[..., :, None] + area2[..., None, :] - intersection  # [B, M, N]
     return intersection, union
+
+
+def _safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """`numerator / denominator` where `denominator > epsilon`, else 0 with gradient 0.
+
+    Preconditions: `0 <= numerator <= denominator` (an area and a larger area), so the
+    quotient is in `[0, 1]`; both tensors of one shape and dtype.
+    """
+    defined = denominator > keras.config.epsilon()  # [B, M, N]
+    quotient = numerator / ops.where(defined, denominator, 1.0)  # [B, M, N]
+    return ops.where(defined, quotient, 0.0)
 
 
 def _area_between(top_left: Tensor, bottom_right: Tensor) -> Tensor:

@@ -93,8 +93,9 @@ class PairwiseCost:
         ...     def call(self, y_true, y_pred):
         ...         return ops.abs(y_true[..., :, None, 0] - y_pred[..., None, :, 0])
         >>> cost = FirstChannelDistance()
-        >>> print(np.asarray(cost(np.zeros((1, 1, 2)), np.ones((1, 3, 2)))).shape)
-        (1, 1, 3)
+        >>> y_true, y_pred = np.zeros((1, 1, 2), "float32"), np.ones((1, 3, 2), "float32")
+        >>> print(np.asarray(cost(y_true, y_pred)))
+        [[[1. 1. 1.]]]
     """
 
     def __call__(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
@@ -285,7 +286,7 @@ class IoUCost(_BoxCost):
     """One minus the intersection over union of boxes, the cost `"iou"`.
 
     ```
-    cost[b, i, j] = 1 - |t n p| / max(|t u p|, epsilon)
+    cost[b, i, j] = 1 - |t n p| / |t u p|    (1 where |t u p| <= epsilon)
     t = y_true[b, i, 0:4],  p = y_pred[b, j, 0:4]
     ```
 
@@ -324,7 +325,8 @@ class GIoUCost(_BoxCost):
 
     ```
     cost[b, i, j] = 1 - giou(t, p),   t = y_true[b, i, 0:4], p = y_pred[b, j, 0:4]
-    giou(t, p)    = iou(t, p) - (|C| - |t u p|) / max(|C|, epsilon),  C encloses t and p
+    giou(t, p)    = iou(t, p) - (|C| - |t u p|) / |C|    (iou(t, p) where |C| <= epsilon)
+    C             = the smallest box enclosing t and p
     ```
 
     Values are in `[0, 2]`: 0 for identical boxes, 1 for boxes that touch along an
@@ -638,12 +640,15 @@ def serialize_cost(cost: Any) -> str | dict[str, Any]:
         L1Cost(channels=[0, 4])
     """
     if isinstance(cost, str):
-        _from_registry(cost, "xyxy")
+        _check_name(cost)
         return cost
     if isinstance(cost, Mapping):
         if "class_name" in cost:
             return dict(cost)
-        return dict(_weighted_terms(cost))
+        weights = dict(_weighted_terms(cost))
+        for name in weights:
+            _check_name(name)
+        return weights
     for name, registered in _REGISTRY.items():
         if registered is cost:
             return name
@@ -718,13 +723,18 @@ def register_cost(name: str, cost: _C | None = None) -> _C | Callable[[_C], _C]:
     return register if cost is None else register(cost)
 
 
-def _from_registry(name: str, box_format: str) -> CostFn:
-    """The registered cost of a name (instantiated if it is a `PairwiseCost` class)."""
+def _check_name(name: str) -> None:
+    """Raises a `ValueError` unless `name` is a registered cost name."""
     if name not in _REGISTRY:
         raise ValueError(
             f"Expected a cost name among {', '.join(map(repr, sorted(_REGISTRY)))} (or one "
             f"added with `hungarian_loss.costs.register_cost`). Received: cost={name!r}"
         )
+
+
+def _from_registry(name: str, box_format: str) -> CostFn:
+    """The registered cost of a name (instantiated if it is a `PairwiseCost` class)."""
+    _check_name(name)
     registered = _REGISTRY[name]
     if isinstance(registered, type) and issubclass(registered, PairwiseCost):
         return _instantiate(registered, box_format)
@@ -823,10 +833,13 @@ def _take_channels(x: Tensor, channels: tuple[int, int | None] | None, name: str
 
 
 def _safe_sqrt(x: Tensor) -> Tensor:
-    """`sqrt(x)` for `x >= 0`, with value 0 and gradient 0 (not `NaN`) at `x = 0`."""
-    positive = x > 0  # [...]
-    root = ops.sqrt(ops.where(positive, x, 1.0))  # [...]: never sqrt(0) on a live path
-    return ops.where(positive, root, 0.0)
+    """`sqrt(x)` for `x >= 0`, with value 0 and gradient 0 (not `NaN`) at `x = 0`.
+
+    `NaN` stays `NaN`, so that broken predictions show in the loss.
+    """
+    zero = ops.logical_not(x > 0) & ops.logical_not(ops.isnan(x))  # [...]
+    root = ops.sqrt(ops.where(zero, 1.0, x))  # [...]: never sqrt(0) on a live path
+    return ops.where(zero, 0.0, root)
 
 
 def _check_ranks(y_true: Tensor, y_pred: Tensor) -> None:

@@ -1,0 +1,308 @@
+"""Tests of hungarian_loss.boxes: formats, conversions and pairwise geometry."""
+
+from __future__ import annotations
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from hungarian_loss.boxes import (
+    BOX_FORMATS,
+    convert_format,
+    pairwise_giou,
+    pairwise_iou,
+    standardize_box_format,
+    to_xyxy,
+)
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def np_from_xyxy(boxes: np.ndarray, box_format: str) -> np.ndarray:
+    """Independent NumPy conversion from xyxy to `box_format`."""
+    x1, y1, x2, y2 = np.moveaxis(np.asarray(boxes, dtype="float64"), -1, 0)
+    w, h, cx, cy = x2 - x1, y2 - y1, (x1 + x2) / 2, (y1 + y2) / 2
+    columns = {
+        "xyxy": (x1, y1, x2, y2),
+        "yxyx": (y1, x1, y2, x2),
+        "xywh": (x1, y1, w, h),
+        "center_xywh": (cx, cy, w, h),
+        "center_yxhw": (cy, cx, h, w),
+    }[box_format]
+    return np.stack(columns, axis=-1).astype(np.asarray(boxes).dtype)
+
+
+def np_iou_giou(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """IoU and GIoU of two xyxy boxes, by the definitions, one pair at a time."""
+    a, b = np.asarray(a, "float64"), np.asarray(b, "float64")
+
+    def area(box: np.ndarray) -> float:
+        return max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
+
+    inter = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0) * max(min(a[3], b[3]) - max(a[1], b[1]), 0)
+    union = area(a) + area(b) - inter
+    enclosing = max(max(a[2], b[2]) - min(a[0], b[0]), 0.0) * max(
+        max(a[3], b[3]) - min(a[1], b[1]), 0.0
+    )
+    iou = inter / union if union > 1e-7 else 0.0
+    return iou, iou - (enclosing - union) / enclosing if enclosing > 1e-7 else iou
+
+
+def np_pairwise(fn, boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
+    """Loops over the batch and every pair: fn(a, b) -> float."""
+    batch, m, n = boxes1.shape[0], boxes1.shape[1], boxes2.shape[1]
+    out = np.zeros((batch, m, n))
+    for b, i, j in itertools.product(range(batch), range(m), range(n)):
+        out[b, i, j] = fn(boxes1[b, i], boxes2[b, j])
+    return out
+
+
+def random_boxes(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """xyxy boxes; about one in five has a negative width or height (inverted)."""
+    corner = rng.uniform(0.0, 10.0, size=(*shape, 2))
+    size = rng.uniform(-1.0, 5.0, size=(*shape, 2))
+    return np.concatenate([corner, corner + size], axis=-1).astype("float32")
+
+
+def value_and_grads(fn, *args):
+    """fn(*args) and the gradients of its sum with respect to each argument, as NumPy."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def total(*xs):
+            value = fn(*xs)
+            return ops.sum(ops.cast(value, "float32")), value
+
+        # Compiled as a whole: op-by-op dispatch would compile every op separately.
+        grad_fn = jax.grad(total, argnums=tuple(range(len(args))), has_aux=True)
+        grads, value = jax.jit(grad_fn)(*args)
+        return np.asarray(value), [np.asarray(g) for g in grads]
+    import tensorflow as tf
+
+    xs = [tf.constant(a) for a in args]
+    with tf.GradientTape() as tape:
+        tape.watch(xs)
+        value = fn(*xs)
+        total = ops.sum(ops.cast(value, "float32"))
+    grads = tape.gradient(total, xs)
+    assert all(g is not None for g in grads)
+    return np.asarray(value), [np.asarray(g) for g in grads]
+
+
+def compiled(fn, *args):
+    """fn(*args) traced and compiled, with an unknown batch dimension on TensorFlow."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return np.asarray(jax.jit(fn)(*args))
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec([None, *a.shape[1:]], a.dtype) for a in args]
+    return np.asarray(tf.function(fn, input_signature=signature)(*args))
+
+
+XYXY = np.array([[[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 4.0, 2.0]]], dtype="float32")
+IN_FORMAT = {
+    "xyxy": [[10, 20, 30, 60], [0, 0, 4, 2]],
+    "yxyx": [[20, 10, 60, 30], [0, 0, 2, 4]],
+    "xywh": [[10, 20, 20, 40], [0, 0, 4, 2]],
+    "center_xywh": [[20, 40, 20, 40], [2, 1, 4, 2]],
+    "center_yxhw": [[40, 20, 40, 20], [1, 2, 2, 4]],
+}
+
+# Hand-derived: [0, 0, 100, 100] against itself, a quarter of it inside, a box sharing an
+# edge, a box touching at a corner.
+BOX = np.array([[[0.0, 0.0, 100.0, 100.0]]], dtype="float32")
+OTHERS = np.array(
+    [[[0, 0, 100, 100], [0, 0, 50, 50], [100, 0, 200, 100], [100, 100, 200, 200]]],
+    dtype="float32",
+)
+HAND_IOU = [1.0, 0.25, 0.0, 0.0]
+HAND_GIOU = [1.0, 0.25, 0.0, -0.5]
+
+# ----------------------------------------------------------------------------- formats
+
+
+def test_box_formats_are_keras_absolute_formats():
+    assert BOX_FORMATS == ("xyxy", "yxyx", "xywh", "center_xywh", "center_yxhw")
+
+
+@pytest.mark.parametrize("box_format", BOX_FORMATS)
+def test_standardize_box_format_accepts_any_case(box_format):
+    assert standardize_box_format(box_format.upper()) == box_format
+
+
+@pytest.mark.parametrize("bad", ["xyzw", "rel_xyxy", "", None, 4])
+def test_standardize_box_format_rejects_unknown_names(bad):
+    with pytest.raises(ValueError, match=r"Expected `box_format`.*'center_yxhw'.*Received"):
+        standardize_box_format(bad)
+
+
+@pytest.mark.parametrize("box_format", BOX_FORMATS)
+def test_conversion_of_known_boxes(box_format):
+    expected = np.array([IN_FORMAT[box_format]], dtype="float32")
+    np.testing.assert_allclose(np.asarray(convert_format(XYXY, "xyxy", box_format)), expected)
+    np.testing.assert_allclose(np.asarray(to_xyxy(expected, box_format)), XYXY)
+
+
+@pytest.mark.parametrize(("source", "target"), list(itertools.product(BOX_FORMATS, BOX_FORMATS)))
+def test_conversion_round_trips_and_matches_numpy(source, target):
+    rng = np.random.default_rng(0)
+    boxes = np_from_xyxy(random_boxes(rng, (2, 3)), source)
+    converted = np.asarray(convert_format(boxes, source, target))
+    assert converted.shape == boxes.shape
+    assert converted.dtype == np.float32
+    np.testing.assert_allclose(
+        converted, np_from_xyxy(np_to_xyxy(boxes, source), target), rtol=1e-5, atol=1e-5
+    )
+    back = np.asarray(convert_format(converted, target, source))
+    np.testing.assert_allclose(back, boxes, rtol=1e-5, atol=1e-5)
+
+
+def np_to_xyxy(boxes: np.ndarray, box_format: str) -> np.ndarray:
+    """Independent NumPy conversion from `box_format` to xyxy."""
+    a, b, c, d = np.moveaxis(np.asarray(boxes, dtype="float64"), -1, 0)
+    columns = {
+        "xyxy": (a, b, c, d),
+        "yxyx": (b, a, d, c),
+        "xywh": (a, b, a + c, b + d),
+        "center_xywh": (a - c / 2, b - d / 2, a + c / 2, b + d / 2),
+        "center_yxhw": (b - d / 2, a - c / 2, b + d / 2, a + c / 2),
+    }[box_format]
+    return np.stack(columns, axis=-1)
+
+
+def test_conversion_keeps_half_precision_and_casts_integers():
+    half = convert_format(XYXY.astype("float16"), "xyxy", "center_xywh")
+    assert keras.backend.standardize_dtype(half.dtype) == "float16"
+    integers = convert_format(XYXY.astype("int32"), "xyxy", "xywh")
+    assert keras.backend.standardize_dtype(integers.dtype) == keras.config.floatx()
+    np.testing.assert_allclose(np.asarray(integers), [IN_FORMAT["xywh"]])
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5), (2, 3, 3), ()])
+def test_conversion_rejects_a_last_dimension_other_than_4(shape):
+    with pytest.raises(ValueError, match=r"Expected `boxes` with a last dimension of 4"):
+        convert_format(np.zeros(shape, "float32"), "xyxy", "xywh")
+
+
+def test_conversion_rejects_unknown_formats():
+    with pytest.raises(ValueError, match=r"Received: source='rel_xyxy'"):
+        convert_format(XYXY, "rel_xyxy", "xyxy")
+    with pytest.raises(ValueError, match=r"Received: target='cxcywh'"):
+        convert_format(XYXY, "xyxy", "cxcywh")
+    with pytest.raises(ValueError, match=r"Received: source='XYWH2'"):
+        to_xyxy(XYXY, "XYWH2")
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+@pytest.mark.parametrize("box_format", BOX_FORMATS)
+def test_hand_derived_iou_and_giou_in_every_format(box_format):
+    box, others = np_from_xyxy(BOX, box_format), np_from_xyxy(OTHERS, box_format)
+    iou = np.asarray(pairwise_iou(box, others, box_format))
+    giou = np.asarray(pairwise_giou(box, others, box_format))
+    assert iou.shape == giou.shape == (1, 1, 4)
+    np.testing.assert_allclose(iou[0, 0], HAND_IOU, atol=1e-6)
+    np.testing.assert_allclose(giou[0, 0], HAND_GIOU, atol=1e-6)
+
+
+@pytest.mark.parametrize("box_format", ["xyxy", "center_yxhw"])
+def test_pairwise_geometry_matches_numpy_reference(box_format):
+    rng = np.random.default_rng(1)
+    boxes1, boxes2 = random_boxes(rng, (2, 3)), random_boxes(rng, (2, 5))
+    expected_iou = np_pairwise(lambda a, b: np_iou_giou(a, b)[0], boxes1, boxes2)
+    expected_giou = np_pairwise(lambda a, b: np_iou_giou(a, b)[1], boxes1, boxes2)
+    converted = np_from_xyxy(boxes1, box_format), np_from_xyxy(boxes2, box_format)
+    iou = np.asarray(pairwise_iou(*converted, box_format=box_format))
+    giou = np.asarray(pairwise_giou(*converted, box_format=box_format))
+    np.testing.assert_allclose(iou, expected_iou, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(giou, expected_giou, rtol=1e-5, atol=1e-5)
+    assert np.all((iou >= 0) & (iou <= 1)) and np.all((giou >= -1) & (giou <= iou + 1e-6))
+
+
+@pytest.mark.parametrize("fn", [pairwise_iou, pairwise_giou])
+def test_unbatched_boxes_give_one_matrix(fn):
+    batched = np.asarray(fn(BOX, OTHERS))
+    single = np.asarray(fn(BOX[0], OTHERS[0]))
+    assert single.shape == (1, 4)
+    np.testing.assert_allclose(single, batched[0])
+
+
+@pytest.mark.parametrize("fn", [pairwise_iou, pairwise_giou])
+def test_empty_sets_of_boxes(fn):
+    empty = np.zeros((2, 0, 4), "float32")
+    assert np.asarray(fn(empty, OTHERS.repeat(2, axis=0))).shape == (2, 0, 4)
+    assert np.asarray(fn(OTHERS.repeat(2, axis=0), empty)).shape == (2, 4, 0)
+
+
+@pytest.mark.parametrize("fn", [pairwise_iou, pairwise_giou])
+@pytest.mark.parametrize(
+    ("boxes1", "boxes2", "message"),
+    [
+        (np.zeros((1, 2, 3)), np.zeros((1, 2, 4)), "`boxes1` with a last dimension of 4"),
+        (np.zeros((1, 2, 4)), np.zeros((1, 2, 5)), "`boxes2` with a last dimension of 4"),
+        (np.zeros((1, 2, 4)), np.zeros((2, 4)), "of the same rank"),
+        (np.zeros((1, 1, 2, 4)), np.zeros((1, 1, 2, 4)), "of the same rank"),
+    ],
+)
+def test_pairwise_geometry_rejects_bad_shapes(fn, boxes1, boxes2, message):
+    with pytest.raises(ValueError, match=message):
+        fn(boxes1.astype("float32"), boxes2.astype("float32"))
+
+
+def test_pairwise_geometry_rejects_unknown_format():
+    with pytest.raises(ValueError, match=r"Received: source='ltrb'"):
+        pairwise_giou(BOX, OTHERS, box_format="ltrb")
+
+
+# Identical boxes, zero-area boxes (a point, a segment), an inverted box (x2 < x1).
+EDGE_TRUE = np.array([[[0, 0, 10, 10], [5, 5, 5, 5], [8, 2, 3, 9], [5, 5, 5, 9]]], dtype="float32")
+EDGE_PRED = np.array([[[0, 0, 10, 10], [5, 5, 5, 5], [8, 2, 3, 9], [5, 5, 5, 9]]], "float32")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize(("fn", "which"), [(pairwise_iou, 0), (pairwise_giou, 1)])
+def test_values_and_gradients_are_finite_on_edge_cases(fn, which, dtype):
+    value, grads = value_and_grads(fn, EDGE_TRUE.astype(dtype), EDGE_PRED.astype(dtype))
+    assert value.dtype == np.dtype(dtype)
+    assert np.all(np.isfinite(value))
+    for grad in grads:
+        assert np.all(np.isfinite(grad))
+    assert [g.shape for g in grads] == [EDGE_TRUE.shape, EDGE_PRED.shape]
+    expected = np_pairwise(lambda a, b: np_iou_giou(a, b)[which], EDGE_TRUE, EDGE_PRED)
+    np.testing.assert_allclose(value.astype("float32"), expected, atol=1e-3)
+    assert value[0, 0, 0] == 1.0  # identical proper boxes
+    np.testing.assert_array_equal(value[0, 1:, :] if which == 0 else 0.0, 0.0)  # empty boxes
+
+
+def test_identical_empty_boxes_have_iou_and_giou_zero():
+    point = np.array([[[5.0, 5.0, 5.0, 5.0]]], dtype="float32")
+    assert float(np.asarray(pairwise_iou(point, point))[0, 0, 0]) == 0.0
+    assert float(np.asarray(pairwise_giou(point, point))[0, 0, 0]) == 0.0
+
+
+def test_half_precision_is_computed_without_overflow():
+    # Areas of boxes this large overflow float16 (max 65504); the result must not.
+    big = np.array([[[0, 0, 1000, 1000], [0, 0, 500, 500]]], dtype="float32")
+    expected = np.asarray(pairwise_giou(big, big))
+    half = pairwise_giou(big.astype("float16"), big.astype("float16"))
+    assert keras.backend.standardize_dtype(half.dtype) == "float16"
+    np.testing.assert_allclose(np.asarray(half).astype("float32"), expected, atol=1e-3)
+    np.testing.assert_allclose(expected[0], [[1.0, 0.25], [0.25, 1.0]], atol=1e-6)
+
+
+@pytest.mark.parametrize("fn", [pairwise_iou, pairwise_giou])
+def test_compiled_with_unknown_batch_matches_eager(fn):
+    rng = np.random.default_rng(2)
+    boxes1, boxes2 = random_boxes(rng, (2, 3)), random_boxes(rng, (2, 5))
+    np.testing.assert_allclose(
+        compiled(lambda a, b: fn(a, b, "center_xywh"), boxes1, boxes2),
+        np.asarray(fn(boxes1, boxes2, "center_xywh")),
+        rtol=1e-6,
+        atol=1e-6,
+    )
