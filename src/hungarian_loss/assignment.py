@@ -234,7 +234,9 @@ def _solve(cost: Tensor, active_row: Tensor) -> tuple[Tensor, Tensor]:
 
     # Row reduction: with u_i = min_j c_ij and v = 0, each row takes its cheapest column
     # unless an earlier row took it. Reduced costs stay >= 0 and matched pairs are tight.
-    best = ops.cast(ops.argmin(cost, axis=2), "int32")  # [B, R]
+    row_min = ops.min(cost, axis=2, keepdims=True, initial=inf)  # [B, R, 1]
+    at_min = ops.equal(cost, row_min)  # [B, R, C]
+    best = ops.min(ops.where(at_min, col_ids[None, None, :], cols), axis=2, initial=cols)  # [B, R]
     best = ops.where(active_row, best, -1)
     same = ops.equal(best[:, :, None], best[:, None, :])  # [B, R, R]
     earlier = row_ids[None, :] < row_ids[:, None]  # [R, R]: k < i
@@ -283,13 +285,11 @@ def _solve(cost: Tensor, active_row: Tensor) -> tuple[Tensor, Tensor]:
         candidates = ops.where(scanned, inf, spc)  # [B, C]
         min_val = ops.min(candidates, axis=1, initial=inf)  # [B]
         at_min = ops.equal(candidates, min_val[:, None])  # [B, C]
-        at_min_free = ops.logical_and(at_min, s["row4col"] < 0)  # [B, C]
-        j = ops.where(
-            ops.any(at_min_free, axis=1),
-            ops.argmax(at_min_free, axis=1),
-            ops.argmax(at_min, axis=1),
-        )
-        j = ops.cast(j, "int32")  # [B]
+        # The first free column at the minimum, else the first at the minimum: one integer
+        # min-reduction (cheaper than argmax in XLA loops) over keys that rank free first.
+        key = ops.where(s["row4col"] < 0, col_ids[None, :], col_ids[None, :] + cols)  # [B, C]
+        key = ops.min(ops.where(at_min, key, 2 * cols), axis=1, initial=2 * cols)  # [B]
+        j = ops.where(key >= cols, key - cols, key)  # [B]
         is_j = ops.logical_and(ops.equal(col_ids[None, :], j[:, None]), working[:, None])
         scanned = ops.logical_or(scanned, is_j)  # [B, C]
         owner = _pick(s["row4col"], col_ids, j)  # [B]
