@@ -51,15 +51,17 @@ def linear_sum_assignment(
       column is not taken by an earlier row (row reduction, `u_i = min_j c_ij`).
     - Each remaining row is inserted by a Dijkstra search for the shortest
       augmenting path in reduced costs `c_ij - u_i - v_j >= 0`, one column scanned
-      per step, then the duals are updated and the path is flipped.
+      per loop step; then the column duals are updated and the path is walked back,
+      one row moved onto its new column per loop step (the first move shares the
+      step that found the path).
 
     One loop step costs `O(B * C)`: working memory beyond the cost matrix is
-    `O(B * (R + C))`. A sample inserts at most `R` rows, the search for the `k`-th
-    row takes at most `k` steps (each step scans a new column and every column but
-    the last reached is already matched), so the main loop runs at most
-    `R * (R + 1) / 2` steps and each path flip at most `R` steps; these bounds are
-    passed to the loops as `maximum_iterations`. Time is `O(R^2 * C)` per sample
-    in the worst case, far less on typical inputs.
+    `O(B * (R + C))`. When `k - 1` rows are matched, the search for the `k`-th row
+    takes at most `k` steps (each step scans a new column, and at most `k - 1`
+    scanned columns are taken) and its path holds at most `k` rows, so the row takes
+    at most `2k - 1` loop steps and a sample at most `R^2`; that bound is the loop's
+    `maximum_iterations`. Time is `O(R^2 * C)` per sample in the worst case, far
+    less on typical inputs, where most rows are placed by the initialization.
 
     Costs are compared in float32 (float64 for float64 input); under XLA on CPU,
     denormal costs count as 0.
@@ -263,13 +265,16 @@ def _solve(cost: Tensor, active_row: Tensor) -> tuple[Tensor, Tensor]:
         "spc": ops.full_like(v, inf),  # [B, C] shortest path costs
         "path": ops.zeros_like(row4col) - 1,  # [B, C] predecessor row of each column
         "scanned": ops.zeros_like(v, dtype="bool"),  # [B, C] scanned columns
+        "flipping": ops.zeros_like(start, dtype="bool"),  # [B] walking back a found path
+        "flip_col": ops.zeros_like(start),  # [B] column the walk stands on
     }
 
     def cond(s: dict[str, Tensor]) -> Tensor:
         return ops.any(s["cur"] < rows)
 
     def body(s: dict[str, Tensor]) -> dict[str, Tensor]:
-        working = s["cur"] < rows  # [B]
+        # One Dijkstra step for the samples still searching ...
+        searching = ops.logical_and(s["cur"] < rows, ops.logical_not(s["flipping"]))  # [B]
         i = ops.minimum(s["i"], rows - 1)  # [B]
         cost_row = ops.take(flat_cost, row_offset + i, axis=0)  # [B, C]
         v = s["v"]
@@ -278,7 +283,7 @@ def _solve(cost: Tensor, active_row: Tensor) -> tuple[Tensor, Tensor]:
         reduced = s["min_val"][:, None] + cost_row - u_i[:, None] - v  # [B, C]
         scanned = s["scanned"]
         better = ops.logical_and(ops.logical_not(scanned), reduced < s["spc"])
-        better = ops.logical_and(better, working[:, None])
+        better = ops.logical_and(better, searching[:, None])
         spc = ops.where(better, reduced, s["spc"])  # [B, C]
         path = ops.where(better, i[:, None], s["path"])  # [B, C]
         # Closest unscanned column; among equals, a free one (it ends the search).
@@ -290,33 +295,50 @@ def _solve(cost: Tensor, active_row: Tensor) -> tuple[Tensor, Tensor]:
         key = ops.where(s["row4col"] < 0, col_ids[None, :], col_ids[None, :] + cols)  # [B, C]
         key = ops.min(ops.where(at_min, key, 2 * cols), axis=1, initial=2 * cols)  # [B]
         j = ops.where(key >= cols, key - cols, key)  # [B]
-        is_j = ops.logical_and(ops.equal(col_ids[None, :], j[:, None]), working[:, None])
+        is_j = ops.logical_and(ops.equal(col_ids[None, :], j[:, None]), searching[:, None])
         scanned = ops.logical_or(scanned, is_j)  # [B, C]
         owner = _pick(s["row4col"], col_ids, j)  # [B]
-        found = ops.logical_and(working, owner < 0)  # [B]: j is a free column, the sink
-
-        # Where the search ended: update the column duals, flip the path, next row.
+        found = ops.logical_and(searching, owner < 0)  # [B]: j is a free column, the sink
+        # Where the search ended, update the column duals.
         shift = ops.logical_and(scanned, found[:, None])
         v = ops.where(shift, v - (min_val[:, None] - spc), v)  # [B, C]
-        col4row, row4col = _flip_paths(s["col4row"], s["row4col"], path, j, s["cur"], found)
-        done_row = ops.logical_and(ops.equal(row_ids[None, :], s["cur"][:, None]), found[:, None])
+
+        # ... and one step back along the found path for the samples walking it: the row
+        # that reached the column moves onto it (from the sink back to the inserted row).
+        flipping = ops.logical_or(s["flipping"], found)  # [B]
+        flip_col = ops.where(found, j, s["flip_col"])  # [B]
+        row = _pick(path, col_ids, flip_col)  # [B]
+        next_col = _pick(s["col4row"], row_ids, row)  # [B]
+        set_col = ops.logical_and(ops.equal(col_ids[None, :], flip_col[:, None]), flipping[:, None])
+        row4col = ops.where(set_col, row[:, None], s["row4col"])  # [B, C]
+        set_row = ops.logical_and(ops.equal(row_ids[None, :], row[:, None]), flipping[:, None])
+        col4row = ops.where(set_row, flip_col[:, None], s["col4row"])  # [B, R]
+        inserted = ops.logical_and(flipping, ops.equal(row, s["cur"]))  # [B]
+
+        # Where the row is in, start the next one.
+        done_row = ops.logical_and(
+            ops.equal(row_ids[None, :], s["cur"][:, None]), inserted[:, None]
+        )
         pending = ops.logical_and(s["pending"], ops.logical_not(done_row))  # [B, R]
-        cur = ops.where(found, next_row(pending), s["cur"])
-        reset = found[:, None]
+        cur = ops.where(inserted, next_row(pending), s["cur"])  # [B]
+        reset = inserted[:, None]
+        walking = ops.logical_and(searching, ops.logical_not(found))
         return {
             "v": v,
             "col4row": col4row,
             "row4col": row4col,
             "pending": pending,
             "cur": cur,
-            "i": ops.where(found, cur, ops.where(working, owner, s["i"])),
-            "min_val": ops.where(working, ops.where(found, 0.0, min_val), s["min_val"]),
+            "i": ops.where(inserted, cur, ops.where(walking, owner, s["i"])),
+            "min_val": ops.where(inserted, 0.0, ops.where(walking, min_val, s["min_val"])),
             "spc": ops.where(reset, inf, spc),
             "path": ops.where(reset, -1, path),
             "scanned": ops.logical_and(scanned, ops.logical_not(reset)),
+            "flipping": ops.logical_and(flipping, ops.logical_not(inserted)),
+            "flip_col": next_col,
         }
 
-    state = ops.while_loop(cond, body, state, maximum_iterations=rows * (rows + 1) // 2 + 1)
+    state = ops.while_loop(cond, body, state, maximum_iterations=rows * rows)
     return state["col4row"], state["row4col"]
 
 
@@ -326,36 +348,3 @@ def _pick(x: Tensor, ids: Tensor, index: Tensor) -> Tensor:
     A masked sum rather than a gather: O(B * K), and cheap inside XLA loops.
     """
     return ops.sum(ops.where(ops.equal(ids[None, :], index[:, None]), x, 0), axis=1)
-
-
-def _flip_paths(
-    col4row: Tensor, row4col: Tensor, path: Tensor, sink: Tensor, root: Tensor, found: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Flips the augmenting path from `sink` back to `root` for samples where `found`.
-
-    Each step moves one row onto the column it was reached from; a path holds at most
-    R rows, which bounds the loop.
-    """
-    rows, cols = col4row.shape[1], row4col.shape[1]
-    row_ids = ops.arange(rows, dtype="int32")
-    col_ids = ops.arange(cols, dtype="int32")
-
-    def cond(c4r: Tensor, r4c: Tensor, j: Tensor, walking: Tensor) -> Tensor:
-        return ops.any(walking)
-
-    def body(
-        c4r: Tensor, r4c: Tensor, j: Tensor, walking: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        i = _pick(path, col_ids, j)  # [B]
-        prev_j = _pick(c4r, row_ids, i)  # [B]
-        set_col = ops.logical_and(ops.equal(col_ids[None, :], j[:, None]), walking[:, None])
-        r4c = ops.where(set_col, i[:, None], r4c)
-        set_row = ops.logical_and(ops.equal(row_ids[None, :], i[:, None]), walking[:, None])
-        c4r = ops.where(set_row, j[:, None], c4r)
-        walking = ops.logical_and(walking, ops.not_equal(i, root))
-        return c4r, r4c, prev_j, walking
-
-    col4row, row4col, _, _ = ops.while_loop(
-        cond, body, (col4row, row4col, sink, found), maximum_iterations=rows
-    )
-    return col4row, row4col
