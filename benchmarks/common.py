@@ -6,7 +6,8 @@ its own virtual environment.
 Protocol. run.py starts a worker as `python worker_x.py CONFIG_JSON`. The worker builds its
 cases, pays every first call (trace and compile) and answers with one `ready` message. Then, for
 each line `R` that run.py writes to its standard input, it times one repeat round `R` of all its
-contenders and answers with a `round` message; `quit` ends it. Messages are JSON on one line of
+contenders: a `start` message before each timing sample, a `sample` message with its seconds per
+call after it, and a `round` message at the end; `quit` ends it. Messages are JSON on one line of
 standard output behind `PREFIX`; every other line is ignored. This lets run.py interleave the
 rounds of several processes (one per Keras backend or virtual environment).
 """
@@ -165,16 +166,17 @@ def _warm_up_case(
 
 def _time_round(
     cases: list[Case], calls: dict[str, dict[str, int]], config: dict[str, Any], round_index: int
-) -> dict[str, dict[str, float]]:
-    times: dict[str, dict[str, float]] = {}
+) -> None:
+    """Announces each sample before timing it, so that run.py knows which one hangs."""
     for case_index, case in enumerate(cases):
         x = case.make_input(case_rng(config["seed"], round_index, case_index))
-        times[case.name] = {}
         for name in rotated(list(case.contenders), round_index):
             contender = case.contenders[name]
             prepared = contender.prepare(x)
-            times[case.name][name] = time_calls(contender, prepared, calls[case.name][name])
-    return times
+            emit("start", case=case.name, contender=name)
+            seconds = time_calls(contender, prepared, calls[case.name][name])
+            emit("sample", case=case.name, contender=name, seconds=seconds)
+    emit("round", index=round_index)
 
 
 def serve(build: Callable[[dict[str, Any]], tuple[list[Case], dict[str, Any]]]) -> int:
@@ -200,6 +202,5 @@ def serve(build: Callable[[dict[str, Any]], tuple[list[Case], dict[str, Any]]]) 
         command = line.strip()
         if command == "quit":
             break
-        round_index = int(command)
-        emit("round", index=round_index, times=_time_round(cases, calls, config, round_index))
+        _time_round(cases, calls, config, int(command))
     return 0

@@ -35,9 +35,9 @@ def make_contender(loss_fn: Any, *, jit_compile: bool | None) -> Contender:
 
 
 def time_eager(loss_fn: Any, config: dict[str, Any], make_input: Any) -> dict[str, Any]:
-    calls = config["legacy_eager_calls"]
+    calls = 0 if config.get("restart") else config["legacy_eager_calls"]
     if calls <= 0:
-        return {"calls": 0, "skipped": "legacy_eager_calls is 0"}
+        return {"calls": 0, "skipped": "legacy_eager_calls is 0, or a restart"}
     eager = make_contender(loss_fn, jit_compile=None)
     start = time.perf_counter()
     eager.run(eager.prepare(make_input(case_rng(config["seed"], -1, 0))))
@@ -87,8 +87,9 @@ def check(pair: Any, results: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(config: dict[str, Any]) -> tuple[list[Case], dict[str, Any]]:
-    import hungarian_loss
     import tensorflow as tf
+
+    import hungarian_loss
 
     info: dict[str, Any] = {
         "hungarian_loss": importlib.metadata.version("hungarian-loss"),

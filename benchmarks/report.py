@@ -1,0 +1,407 @@
+"""Turns run.py's record into a markdown report and a bar chart."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+LABELS = {
+    "ours_tf": "ours, TF (XLA)",
+    "ours_jax": "ours, JAX (jit)",
+    "scipy_tf": "SciPy loop (TF process)",
+    "scipy_jax": "SciPy loop (JAX process)",
+    "optax": "optax (jit + vmap)",
+    "ours_xla": "ours, tf.function(jit_compile=True)",
+    "ours_graph": "ours, tf.function",
+    "hl103_xla": "1.0.3, tf.function(jit_compile=True)",
+    "hl103_graph": "1.0.3, tf.function",
+    "hungarian": "HungarianLoss(l1: 5, giou: 2)",
+    "ordered_l1": "order-bound L1 (no matching)",
+}
+
+# (label, numerator, denominator): medians of the same case.
+SOLVER_RATIOS = [
+    ("ours TF / SciPy", "ours_tf", "scipy_tf"),
+    ("ours JAX / SciPy", "ours_jax", "scipy_jax"),
+    ("ours TF / optax", "ours_tf", "optax"),
+    ("ours JAX / optax", "ours_jax", "optax"),
+]
+LOSS_RATIOS = [
+    ("ours XLA / 1.0.3 XLA", "ours_xla", "hl103_xla"),
+    ("ours graph / 1.0.3 graph", "ours_graph", "hl103_graph"),
+    ("ours XLA / 1.0.3 graph", "ours_xla", "hl103_graph"),
+]
+TRAIN_RATIOS = [("Hungarian / ordered L1", "hungarian", "ordered_l1")]
+SOLVER_COLUMNS = ["ours_tf", "ours_jax", "scipy_tf", "scipy_jax", "optax"]
+UNAVAILABLE = "unavailable"
+
+
+def ratios(
+    results: dict[str, dict[str, Any]], specs: list[tuple[str, str, str]]
+) -> dict[str, dict[str, float | None]]:
+    table: dict[str, dict[str, float | None]] = {}
+    for case, per_contender in results.items():
+        table[case] = {}
+        for label, numerator, denominator in specs:
+            top = per_contender.get(numerator, {}).get("median_ms")
+            bottom = per_contender.get(denominator, {}).get("median_ms")
+            known = top is not None and bottom is not None and bottom > 0
+            table[case][label] = top / bottom if known else None
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown.
+
+
+def ms(value: float | None) -> str:
+    if value is None:
+        return UNAVAILABLE
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def times(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def seconds(value: float | None) -> str:
+    return UNAVAILABLE if value is None else f"{value:.2f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def case_label(case: str) -> str:
+    return "(" + case.replace("x", ", ") + ")"
+
+
+def median_of(results: dict[str, Any], case: str, contender: str) -> float | None:
+    entry = results.get(case, {}).get(contender)
+    return None if entry is None else entry["median_ms"]
+
+
+def median_cell(results: dict[str, Any], case: str, contender: str) -> str:
+    """The median in ms, with a count of timed-out samples where there were any."""
+    entry = results.get(case, {}).get(contender)
+    if entry is None:
+        return UNAVAILABLE
+    text = "timed out" if entry.get("median_timed_out") else ms(entry["median_ms"])
+    if entry.get("timed_out"):
+        text += f" ({entry['timed_out']} of {entry['repeats']} timed out)"
+    return text
+
+
+def max_cell(results: dict[str, Any], case: str, contender: str) -> str:
+    entry = results.get(case, {}).get(contender)
+    if entry is None:
+        return UNAVAILABLE
+    return "timed out" if entry["max_ms"] is None else ms(entry["max_ms"])
+
+
+def first_call_of(results: dict[str, Any], case: str, contender: str) -> float | None:
+    entry = results.get(case, {}).get(contender)
+    return None if entry is None else entry["first_call_s"]
+
+
+def header_lines(record: dict[str, Any]) -> list[str]:
+    machine, config = record["machine"], record["config"]
+    versions = ", ".join(f"{name} {v}" for name, v in machine["versions"].items() if v)
+    devices = []
+    for group in ("solvers", "train"):
+        for name, worker in record.get(group, {}).get("workers", {}).items():
+            if "devices" in worker["info"]:
+                devices.append(f"{name}: {', '.join(worker['info']['devices'])}")
+    return [
+        "# hungarian-loss benchmarks",
+        "",
+        f"- Machine: {machine['cpu_model']}, {machine['cpu_count']} cores "
+        f"({machine['usable_cores']} usable), {machine['platform']}, Python {machine['python']}.",
+        f"- Versions: {versions}.",
+        f"- Devices: {'; '.join(devices) or 'not reported'}.",
+        f"- Run {record['created_utc']}, {record['wall_s']:.0f} s in all. "
+        f"{config['repeats']} interleaved repeat rounds (contenders rotated inside each round, "
+        "processes rotated across rounds, fresh float32 inputs each round, the same for all "
+        "contenders). A sample is the mean time per call over back-to-back calls "
+        f"(about {1000 * config['target_s']:.0f} ms of them), result brought to the host "
+        "(`np.asarray`). Tables give medians over the rounds, in ms. A sample that takes more "
+        f"than {config['sample_timeout_s']:g} s is stopped and counts as slower than all "
+        "others (its process is then started again).",
+        "- Ratios are ours / other, of medians: below 1 means ours is faster.",
+        "",
+    ]
+
+
+def solver_lines(group: dict[str, Any]) -> list[str]:
+    results, ratio_table = group["results"], group["ratios"]
+    cases = list(results)
+    header = ["B, M, N", *(LABELS[c] for c in SOLVER_COLUMNS), *(s[0] for s in SOLVER_RATIOS)]
+    rows = [
+        [
+            case_label(case),
+            *(median_cell(results, case, c) for c in SOLVER_COLUMNS),
+            *(times(ratio_table[case][s[0]]) for s in SOLVER_RATIOS),
+        ]
+        for case in cases
+    ]
+    compiled = ["ours_tf", "ours_jax", "optax"]
+    compile_rows = [
+        [case_label(case), *(seconds(first_call_of(results, case, c)) for c in compiled)]
+        for case in cases
+    ]
+    lines = ["## Solver: time per call, float32 uniform costs (ms, median)", ""]
+    lines += table(header, rows)
+    lines += ["", "## Solver: first call, trace + compile (s)", ""]
+    lines += table(["B, M, N", *(LABELS[c] for c in compiled)], compile_rows)
+    warm_ups = [
+        f"{name}: {worker['info']['backend_warm_up_s']:.2f} s"
+        for name, worker in group["workers"].items()
+        if "backend_warm_up_s" in worker["info"]
+    ]
+    lines += [
+        "",
+        "Each shape has its own fresh compiled function; a tiny solve first paid the backend's "
+        f"one-time start-up ({'; '.join(warm_ups) or 'not reported'}).",
+    ]
+    lines += ["", *exactness_lines(group), ""]
+    return lines
+
+
+def exactness_lines(group: dict[str, Any]) -> list[str]:
+    worst: dict[str, float] = {}
+    counts_ok: dict[str, bool] = {}
+    for worker in group["workers"].values():
+        for case_info in worker["info"].get("cases", {}).values():
+            for name, check in case_info.get("check", {}).items():
+                if not isinstance(check, dict) or "max_abs_total_cost_diff_vs_scipy" not in check:
+                    continue
+                diff = check["max_abs_total_cost_diff_vs_scipy"]
+                worst[name] = max(worst.get(name, 0.0), diff)
+                counts_ok[name] = counts_ok.get(name, True) and check["matched_rows_equal_scipy"]
+    if not worst:
+        return []
+    parts = [
+        f"{LABELS.get(name, name)} {diff:.2g}" + ("" if counts_ok[name] else " (row counts differ)")
+        for name, diff in worst.items()
+        if not name.startswith("scipy")
+    ]
+    return [
+        "Exactness on the warm-up input of every shape, largest |total cost - SciPy's| per sample: "
+        + "; ".join(parts)
+        + "."
+    ]
+
+
+def loss_lines(group: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    batch, count = config["loss_shape"]
+    results = group["results"]
+    case = f"{batch}x{count}x4"
+    lines = [
+        f"## Loss: `hungarian_loss(y_true, y_pred)`, Euclidean cost, ({batch}, {count}, 4) boxes",
+        "",
+    ]
+    contenders = ["ours_xla", "ours_graph", "hl103_xla", "hl103_graph"]
+    rows = [
+        [
+            LABELS[c],
+            median_cell(results, case, c),
+            max_cell(results, case, c),
+            seconds(first_call_of(results, case, c)),
+        ]
+        for c in contenders
+    ]
+    header = ["contender", "median ms", "max ms", "first call s (fresh process)"]
+    lines += table(header, rows)
+    ratio_row = group["ratios"].get(case)
+    if ratio_row:
+        lines += ["", "; ".join(f"{label}: {times(v)}" for label, v in ratio_row.items()) + "."]
+    lines += ["", *legacy_lines(group, count), *value_lines(group, case, count)]
+    return [*lines, ""]
+
+
+def value_lines(group: dict[str, Any], case: str, count: int) -> list[str]:
+    """Both losses on the warm-up input, put on one scale (1.0.3 divides by count**2)."""
+
+    def check_of(worker: str, contender: str) -> dict[str, Any]:
+        info = group["workers"].get(worker, {}).get("info", {})
+        return info.get("cases", {}).get(case, {}).get("check", {}).get(contender, {})
+
+    ours = check_of("loss-ours", "ours_xla").get("batch_mean_loss")
+    legacy = check_of("loss-hl103", "hl103_xla").get("value")
+    if ours is None or legacy is None:
+        return []
+    return [
+        f"Values on the warm-up input: ours (batch mean of per-sample means over matched pairs) "
+        f"{ours:.5f}; 1.0.3 {legacy:.6f}, times {count} = {legacy * count:.5f} (its cost adds "
+        "1e-4 under the square root; a lower value can come from an incomplete matching).",
+    ]
+
+
+def legacy_lines(group: dict[str, Any], count: int) -> list[str]:
+    env = group.get("legacy_env", {})
+    if not env.get("python"):
+        reason = " ".join(str(env.get("reason", "not run")).split())
+        return [f"hungarian-loss 1.0.3: {UNAVAILABLE} ({reason})."]
+    worker = group["workers"].get("loss-hl103", {})
+    info = worker.get("info", {})
+    if not info.get("cases"):
+        return [f"hungarian-loss 1.0.3: {UNAVAILABLE}: {worker.get('error', 'not run')}"]
+    lines = [
+        f"hungarian-loss 1.0.3 ran in its own virtualenv ({env['how']}; TensorFlow "
+        f"{info.get('tensorflow')}, Keras {info.get('keras')}). Its fair best is "
+        "`tf.function(jit_compile=True)`; it returns the batch mean of `mean(cost * mask)` over "
+        f"all {count}x{count} entries, a scalar, where ours returns one value per sample.",
+    ]
+    eager = info.get("eager", {})
+    if eager.get("calls"):
+        lines.append(
+            f"1.0.3 eager: median {eager['median_s']:.1f} s per call over {eager['calls']} calls "
+            f"(after a first call of {eager['first_call_s']:.1f} s), not interleaved."
+        )
+    else:
+        lines.append(
+            "1.0.3 eager was not timed (about a minute per call on 2 CPU cores); "
+            "`--legacy-eager-calls 3` times it."
+        )
+    lines += timeout_lines(worker)
+    if worker.get("error"):
+        lines.append(f"1.0.3 stopped early: {worker['error'].splitlines()[0]}.")
+    matching = group.get("legacy_matching")
+    if matching:
+        lines.append(
+            f"1.0.3's matchings on the warm-up input: {matching['complete_matchings']} of "
+            f"{matching['samples']} samples complete (a permutation), "
+            f"{matching['optimal_matchings']} optimal (SciPy on its own cost)."
+        )
+    return lines
+
+
+def timeout_lines(worker: dict[str, Any]) -> list[str]:
+    timeouts = worker.get("timeouts", [])
+    if not timeouts:
+        return []
+    which = ", ".join(
+        f"round {t['round'] + 1} ({LABELS.get(t['contender'], t['contender'])})" for t in timeouts
+    )
+    return [
+        f"1.0.3 timed out {len(timeouts)} time(s): {which}. Its loops have no bound and its "
+        "running time depends heavily on the input: see the max column."
+    ]
+
+
+def train_lines(group: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    spec = config["train"]
+    lines = [
+        "## Training step: `model.train_on_batch`, TF backend, `jit_compile=True`",
+        "",
+        f"Dense head: {spec['features']} features -> 256 -> {spec['predictions']} boxes x 4 "
+        f"(sigmoid, center_xywh), batch {spec['batch']}, 1 to {spec['targets']} true boxes per "
+        "image padded with -1 rows, Adam.",
+        "",
+    ]
+    results = group["results"]
+    rows = [
+        [LABELS[c], median_cell(results, case, c), seconds(first_call_of(results, case, c))]
+        for case in results
+        for c in ("hungarian", "ordered_l1")
+    ]
+    lines += table(["loss", "median ms / step", "first step s (compile)"], rows)
+    for case_ratios in group["ratios"].values():
+        lines += ["", "; ".join(f"{k}: {times(v)}" for k, v in case_ratios.items()) + "."]
+    return [*lines, ""]
+
+
+def unavailable_lines(record: dict[str, Any]) -> list[str]:
+    items = []
+    for group in ("solvers", "loss", "train"):
+        for name, worker in record.get(group, {}).get("workers", {}).items():
+            if worker["error"]:
+                items.append(f"- {name}: {worker['error'].splitlines()[0]}")
+            for contender, reason in worker["info"].get("unavailable", {}).items():
+                items.append(f"- {name}, {contender}: {reason.splitlines()[0]}")
+            for timeout in worker.get("timeouts", []):
+                items.append(
+                    f"- {name}, {timeout['contender']}: timed out in round {timeout['round'] + 1}"
+                )
+    if not items:
+        return []
+    return ["## Unavailable or stopped", "", *items, ""]
+
+
+def markdown(record: dict[str, Any]) -> str:
+    lines = header_lines(record)
+    if "solvers" in record:
+        lines += solver_lines(record["solvers"])
+    if "loss" in record:
+        lines += loss_lines(record["loss"], record["config"])
+    if "train" in record:
+        lines += train_lines(record["train"], record["config"])
+    lines += unavailable_lines(record)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The chart.
+
+
+def bar_group(axis: Any, results: dict[str, Any], contenders: list[str], title: str) -> None:
+    """One cluster of bars per case, one bar per contender, log scale, whole decades shown."""
+    from matplotlib.ticker import FuncFormatter
+
+    cases = list(results)
+    width = 0.8 / max(1, len(contenders))
+    drawn: list[float] = []
+    for index, contender in enumerate(contenders):
+        offset = (index - (len(contenders) - 1) / 2) * width
+        bars = [
+            (case_index + offset, value)
+            for case_index, case in enumerate(cases)
+            if (value := median_of(results, case, contender)) is not None
+        ]
+        if not bars:
+            continue
+        positions, heights = zip(*bars, strict=True)
+        patches = axis.bar(positions, heights, width, label=LABELS.get(contender, contender))
+        axis.bar_label(patches, [ms(height) for height in heights], fontsize=6)
+        drawn.extend(heights)
+    axis.set_xticks(range(len(cases)), [case_label(case) for case in cases], fontsize=8)
+    axis.set_yscale("log")
+    if drawn:
+        low, high = math.log10(min(drawn)), math.log10(max(drawn) * 2)
+        axis.set_ylim(10 ** math.floor(low), 10 ** math.ceil(high))
+    axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_ylabel("median ms per call (log)")
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=7, loc="upper left")
+    axis.grid(axis="y", which="major", alpha=0.3)
+
+
+def plot(record: dict[str, Any], path: Path) -> str:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no plot: matplotlib is not installed"
+    panels = [
+        ("solvers", SOLVER_COLUMNS, "Solver, (B, M, N)"),
+        ("loss", ["ours_xla", "ours_graph", "hl103_xla", "hl103_graph"], "Loss, (B, M, 4)"),
+        ("train", ["hungarian", "ordered_l1"], "Training step"),
+    ]
+    panels = [panel for panel in panels if record.get(panel[0], {}).get("results")]
+    if not panels:
+        return "no plot: no results"
+    widths = [3 if group == "solvers" else 1.3 for group, _, _ in panels]
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(sum(widths) * 3.2, 4.5), width_ratios=widths, squeeze=False
+    )
+    for axis, (group, contenders, title) in zip(axes[0], panels, strict=True):
+        bar_group(axis, record[group]["results"], contenders, title)
+    figure.suptitle(f"hungarian-loss benchmarks ({record['machine']['cpu_model']})", fontsize=11)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return "plot written"
