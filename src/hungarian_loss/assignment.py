@@ -96,9 +96,9 @@ def linear_sum_assignment(
         >>> tall = cost[:, :2]  # 3 rows, 2 columns: one row stays unmatched
         >>> np.asarray(linear_sum_assignment(tall)).tolist()
         [1, 0, -1]
-        >>> cost[0, 1] = np.inf  # a forbidden pair
-        >>> np.asarray(linear_sum_assignment(cost[None])).tolist()
-        [[0, 1, 2]]
+        >>> cost[2, 2] = np.inf  # a forbidden pair
+        >>> np.asarray(linear_sum_assignment(cost[None])).tolist()  # a batch of one
+        [[2, 1, 0]]
     """
     cost = ops.convert_to_tensor(cost)
     if len(cost.shape) not in (2, 3):
