@@ -158,11 +158,16 @@ class DETRLoss(HungarianLoss):
         self._l1 = l1
         self._giou = giou
 
+    def _box_cost(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """The weighted box cost `[B, M, N]` of the loss: L1 and 1 - GIoU."""
+        return self.l1_weight * self._l1(y_true, y_pred) + self.giou_weight * self._giou(
+            y_true, y_pred
+        )
+
     def matched_loss(
         self,
         y_true: Tensor,
         y_pred: Tensor,
-        cost: Tensor,
         indices: Tensor,
         target_mask: Tensor,
     ) -> Tensor:
@@ -171,24 +176,19 @@ class DETRLoss(HungarianLoss):
         Args:
             y_true: Targets `[B, M, 5]`.
             y_pred: Predictions `[B, N, 4 + K + 1]`.
-            cost: The matching cost `[B, M, N]` (unused: the loss has its own terms).
             indices: int32 `[B, M]`, the prediction matched to each target or -1.
             target_mask: bool `[B, M]`, True for real targets.
 
         Returns:
             The per-sample loss `[B]`.
         """
-        del cost, target_mask  # `indices` is -1 for padding targets already
+        del target_mask  # `indices` is -1 for padding targets already
         matched = ops.cast(indices >= 0, y_pred.dtype)  # [B, M]: 1 where a target is matched
         num_matched = ops.sum(matched, axis=1)  # [B]
 
         # Boxes: the L1 and GIoU costs of the matched pairs, mean over the pairs.
-        l1 = self._l1(y_true, y_pred)  # [B, M, N]
-        giou = self._giou(y_true, y_pred)  # [B, M, N]
-        box_cost = self.l1_weight * l1 + self.giou_weight * giou  # [B, M, N]
-        safe_indices = ops.maximum(indices, 0)[:, :, None]  # [B, M, 1]
-        pair_cost = ops.take_along_axis(box_cost, safe_indices, axis=2)[:, :, 0]  # [B, M]
-        box_loss = ops.sum(pair_cost * matched, axis=1) / ops.maximum(num_matched, 1.0)  # [B]
+        pair_cost = self.matched_cost(y_true, y_pred, indices, cost=self._box_cost)  # [B, M]
+        box_loss = ops.sum(pair_cost, axis=1) / ops.maximum(num_matched, 1.0)  # [B]
 
         # Classes: each matched prediction against its object's class ...
         log_probs = ops.log_softmax(y_pred[:, :, 4:], axis=-1)  # [B, N, K + 1]

@@ -7,6 +7,7 @@ loss is the mean of the cost over the matched pairs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -48,10 +49,11 @@ class HungarianLoss(keras.losses.Loss):
 
     - `pairwise_cost(y_true, y_pred) -> [B, M, N]`: the cost used to match and, by
       default, the loss on the matched pairs.
-    - `matched_loss(y_true, y_pred, cost, indices, target_mask) -> [B]`: the loss from
-      the matching (`indices [B, M]`, the prediction matched to each target or -1). Use
-      `gather_matched` and `unmatched_predictions` to add a classification term and a
-      "no object" term, as in DETR.
+    - `matched_loss(y_true, y_pred, indices, target_mask) -> [B]`: the loss from the
+      matching (`indices [B, M]`, the prediction matched to each target or -1). Use
+      `matched_cost` (a cost on the matched pairs, with gradients), `gather_matched`
+      and `unmatched_predictions` to add a classification term and a "no object"
+      term, as in DETR.
 
     Args:
         cost: The pairwise cost: a name (`"l2"`, `"l1"`, `"squared_l2"`, `"iou"`,
@@ -139,19 +141,19 @@ class HungarianLoss(keras.losses.Loss):
         self,
         y_true: Tensor,
         y_pred: Tensor,
-        cost: Tensor,
         indices: Tensor,
         target_mask: Tensor,
     ) -> Tensor:
         """The per-sample loss `[B]` from a matching.
 
-        The default is the mean of `cost` over the matched pairs (0 for a sample with
-        no matched pair). Override it to compute other terms on the matched pairs.
+        The default is the mean of `pairwise_cost` over the matched pairs (0 for a
+        sample with no matched pair). Override it to compute other terms on the
+        matched pairs, with `matched_cost`, `gather_matched` and
+        `unmatched_predictions`.
 
         Args:
             y_true: Targets `[B, M, D_true]`.
             y_pred: Predictions `[B, N, D_pred]`.
-            cost: `pairwise_cost(y_true, y_pred)`, `[B, M, N]`, with gradients.
             indices: int32 `[B, M]`: the prediction matched to each target, -1 for
                 padding targets and unmatched ones.
             target_mask: bool `[B, M]`: True for real (not padding) targets.
@@ -159,15 +161,46 @@ class HungarianLoss(keras.losses.Loss):
         Returns:
             Tensor `[B]`.
         """
-        del y_true, y_pred, target_mask
-        matched = indices >= 0  # [B, M]
-        safe = ops.maximum(indices, 0)
-        pair_cost = ops.take_along_axis(cost, safe[:, :, None], axis=2)[:, :, 0]  # [B, M]
-        pair_cost = ops.where(matched, pair_cost, ops.zeros_like(pair_cost))
-        count = ops.sum(ops.cast(matched, pair_cost.dtype), axis=1)  # [B]
+        del target_mask  # `indices` is -1 for padding targets
+        pair_cost = self.matched_cost(y_true, y_pred, indices)  # [B, M]
+        count = ops.sum(ops.cast(indices >= 0, pair_cost.dtype), axis=1)  # [B]
         return ops.sum(pair_cost, axis=1) / ops.maximum(count, 1.0)
 
     # ----- helpers for subclasses ------------------------------------------------------------
+
+    def matched_cost(
+        self,
+        y_true: Tensor,
+        y_pred: Tensor,
+        indices: Tensor,
+        cost: Callable[[Tensor, Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """The cost of each target with its matched prediction, `[B, M]`, with gradients.
+
+        Computed on the matched pairs only (a pairwise cost of the targets and their
+        matched predictions, `[B, M, M]`, of which the diagonal is kept) when
+        `M <= N`, so the backward pass does not go through the whole `[B, M, N]`
+        matrix.
+
+        Args:
+            y_true: Targets `[B, M, D_true]`.
+            y_pred: Predictions `[B, N, D_pred]`.
+            indices: int32 `[B, M]` from `match` (-1 where unmatched).
+            cost: A pairwise cost `cost(y_true, y_pred) -> [B, M, N]`; defaults to
+                `pairwise_cost`.
+
+        Returns:
+            Tensor `[B, M]`, 0 where a target is unmatched.
+        """
+        cost = self.pairwise_cost if cost is None else cost
+        num_targets, num_predictions = y_true.shape[1], y_pred.shape[1]
+        if num_targets <= num_predictions:
+            paired = self.gather_matched(y_pred, indices)  # [B, M, D]
+            values = ops.diagonal(cost(y_true, paired), axis1=1, axis2=2)  # [B, M]
+        else:
+            safe = ops.maximum(indices, 0)[:, :, None]  # [B, M, 1]
+            values = ops.take_along_axis(cost(y_true, y_pred), safe, axis=2)[:, :, 0]  # [B, M]
+        return ops.where(indices >= 0, values, ops.zeros_like(values))
 
     @staticmethod
     def gather_matched(y_pred: Tensor, indices: Tensor) -> Tensor:
@@ -219,17 +252,17 @@ class HungarianLoss(keras.losses.Loss):
         """
         y_true, y_pred = self._prepare(y_true, y_pred)
         target_mask = self.target_mask(y_true)
-        cost = ops.stop_gradient(self.pairwise_cost(y_true, y_pred))
+        cost = self.pairwise_cost(ops.stop_gradient(y_true), ops.stop_gradient(y_pred))
         return linear_sum_assignment(cost, row_mask=target_mask)
 
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         """Per-sample loss `[B]`."""
         y_true, y_pred = self._prepare(y_true, y_pred)
         target_mask = self.target_mask(y_true)  # [B, M]
-        cost = self.pairwise_cost(y_true, y_pred)  # [B, M, N]
-        fixed = ops.stop_gradient(cost)
+        # The matching needs no gradient: the loss recomputes the cost of matched pairs.
+        fixed = self.pairwise_cost(ops.stop_gradient(y_true), ops.stop_gradient(y_pred))
         indices = linear_sum_assignment(fixed, row_mask=target_mask)  # [B, M]
-        loss = self.matched_loss(y_true, y_pred, cost, indices, target_mask)  # [B]
+        loss = self.matched_loss(y_true, y_pred, indices, target_mask)  # [B]
         # A NaN cost on a real target means broken predictions: say so with a NaN loss.
         broken = ops.any(ops.logical_and(ops.isnan(fixed), target_mask[:, :, None]), axis=(1, 2))
         return ops.where(broken, ops.cast(float("nan"), loss.dtype), loss)
