@@ -52,7 +52,9 @@ def typecheck(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Build the documentation site with MkDocs, failing on any warning."""
     session.install("-e", ".[docs]")
-    session.run("mkdocs", "build", "--strict", "--site-dir", "site", env={"KERAS_BACKEND": "tensorflow"})
+    session.run(
+        "mkdocs", "build", "--strict", "--site-dir", "site", env={"KERAS_BACKEND": "tensorflow"}
+    )
 
 
 @nox.session(python=PYTHON)
@@ -66,7 +68,9 @@ def bench(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """Train a small box detector on synthetic images and plot its matching."""
     session.install("-e", ".[demo]")
-    session.run("python", "-m", "hungarian_loss", *session.posargs, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+    session.run(
+        "python", "-m", "hungarian_loss", *session.posargs, env={"TF_CPP_MIN_LOG_LEVEL": "2"}
+    )
 
 
 if os.environ.get("CI"):

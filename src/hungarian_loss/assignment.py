@@ -172,7 +172,8 @@ def _compiled(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     if backend == "jax":
         import jax
 
-        return jax.jit(fn)
+        jitted: Callable[..., Tensor] = jax.jit(fn)
+        return jitted
     return fn
 
 
