@@ -62,3 +62,20 @@ def gradient(fn: Callable[[Any], Any], x: np.ndarray) -> np.ndarray:
     import jax.numpy as jnp
 
     return np.asarray(jax.grad(lambda v: jnp.sum(fn(v)))(jnp.asarray(x)))
+
+
+def np_from_xyxy(boxes: Any, box_format: str) -> np.ndarray:
+    """Independent NumPy conversion of xyxy boxes to `box_format` (float input keeps its
+    dtype, anything else becomes float32)."""
+    array = np.asarray(boxes)
+    dtype = array.dtype if np.issubdtype(array.dtype, np.floating) else np.dtype("float32")
+    x1, y1, x2, y2 = np.moveaxis(array.astype("float64"), -1, 0)
+    w, h, cx, cy = x2 - x1, y2 - y1, (x1 + x2) / 2, (y1 + y2) / 2
+    columns = {
+        "xyxy": (x1, y1, x2, y2),
+        "yxyx": (y1, x1, y2, x2),
+        "xywh": (x1, y1, w, h),
+        "center_xywh": (cx, cy, w, h),
+        "center_yxhw": (cy, cx, h, w),
+    }[box_format]
+    return np.stack(columns, axis=-1).astype(dtype)

@@ -7,6 +7,7 @@ import itertools
 import keras
 import numpy as np
 import pytest
+from helpers import np_from_xyxy
 from keras import ops
 
 from hungarian_loss.boxes import (
@@ -19,20 +20,6 @@ from hungarian_loss.boxes import (
 )
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def np_from_xyxy(boxes: np.ndarray, box_format: str) -> np.ndarray:
-    """Independent NumPy conversion from xyxy to `box_format`."""
-    x1, y1, x2, y2 = np.moveaxis(np.asarray(boxes, dtype="float64"), -1, 0)
-    w, h, cx, cy = x2 - x1, y2 - y1, (x1 + x2) / 2, (y1 + y2) / 2
-    columns = {
-        "xyxy": (x1, y1, x2, y2),
-        "yxyx": (y1, x1, y2, x2),
-        "xywh": (x1, y1, w, h),
-        "center_xywh": (cx, cy, w, h),
-        "center_yxhw": (cy, cx, h, w),
-    }[box_format]
-    return np.stack(columns, axis=-1).astype(np.asarray(boxes).dtype)
 
 
 def np_iou_giou(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

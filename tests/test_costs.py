@@ -8,6 +8,7 @@ import json
 import keras
 import numpy as np
 import pytest
+from helpers import np_from_xyxy
 from keras import ops
 
 from hungarian_loss.boxes import BOX_FORMATS
@@ -63,20 +64,6 @@ def compiled(fn, *args):
 
     signature = [tf.TensorSpec([None, *a.shape[1:]], a.dtype) for a in args]
     return np.asarray(tf.function(fn, input_signature=signature)(*args))
-
-
-def np_from_xyxy(boxes, box_format):
-    """Independent NumPy conversion from xyxy to `box_format`."""
-    x1, y1, x2, y2 = np.moveaxis(np.asarray(boxes, dtype="float64"), -1, 0)
-    w, h, cx, cy = x2 - x1, y2 - y1, (x1 + x2) / 2, (y1 + y2) / 2
-    columns = {
-        "xyxy": (x1, y1, x2, y2),
-        "yxyx": (y1, x1, y2, x2),
-        "xywh": (x1, y1, w, h),
-        "center_xywh": (cx, cy, w, h),
-        "center_yxhw": (cy, cx, h, w),
-    }[box_format]
-    return np.stack(columns, axis=-1).astype("float32")
 
 
 def brute_force(pair_cost, y_true, y_pred):
