@@ -48,20 +48,48 @@ def assert_is_matching(assignment: np.ndarray, n_cols: int) -> None:
     assert len(np.unique(used)) == len(used), f"column used twice: {assignment}"
 
 
+def value_and_grads(fn: Callable[..., Any], *args: np.ndarray) -> tuple[np.ndarray, list]:
+    """fn(*args) and the gradients of its sum with respect to each argument, as NumPy."""
+    from keras import ops
+
+    if BACKEND == "jax":
+        import jax
+
+        def total(*xs: Any) -> tuple[Any, Any]:
+            value = fn(*xs)
+            return ops.sum(ops.cast(value, "float32")), value
+
+        # Compiled as a whole: op-by-op dispatch would compile every op separately.
+        grad_fn = jax.grad(total, argnums=tuple(range(len(args))), has_aux=True)
+        grads, value = jax.jit(grad_fn)(*args)
+        return np.asarray(value), [np.asarray(g) for g in grads]
+    import tensorflow as tf
+
+    xs = [tf.constant(a) for a in args]
+    with tf.GradientTape() as tape:
+        tape.watch(xs)
+        value = fn(*xs)
+        total = ops.sum(ops.cast(value, "float32"))
+    grads = tape.gradient(total, xs)
+    assert all(g is not None for g in grads)
+    return np.asarray(value), [np.asarray(g) for g in grads]
+
+
 def gradient(fn: Callable[[Any], Any], x: np.ndarray) -> np.ndarray:
     """d sum(fn(x)) / dx on the active backend, as NumPy."""
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
+    return value_and_grads(fn, x)[1][0]
 
-        variable = tf.convert_to_tensor(x)
-        with tf.GradientTape() as tape:
-            tape.watch(variable)
-            total = tf.reduce_sum(fn(variable))
-        return np.asarray(tape.gradient(total, variable))
-    import jax
-    import jax.numpy as jnp
 
-    return np.asarray(jax.grad(lambda v: jnp.sum(fn(v)))(jnp.asarray(x)))
+def compiled(fn: Callable[..., Any], *args: np.ndarray) -> np.ndarray:
+    """fn(*args) traced and compiled, with an unknown batch dimension on TensorFlow."""
+    if BACKEND == "jax":
+        import jax
+
+        return np.asarray(jax.jit(fn)(*args))
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec([None, *a.shape[1:]], a.dtype) for a in args]
+    return np.asarray(tf.function(fn, input_signature=signature)(*args))
 
 
 def np_from_xyxy(boxes: Any, box_format: str) -> np.ndarray:

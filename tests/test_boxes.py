@@ -7,8 +7,7 @@ import itertools
 import keras
 import numpy as np
 import pytest
-from helpers import np_from_xyxy
-from keras import ops
+from helpers import compiled, np_from_xyxy, value_and_grads
 
 from hungarian_loss.boxes import (
     BOX_FORMATS,
@@ -52,43 +51,6 @@ def random_boxes(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray
     corner = rng.uniform(0.0, 10.0, size=(*shape, 2))
     size = rng.uniform(-1.0, 5.0, size=(*shape, 2))
     return np.concatenate([corner, corner + size], axis=-1).astype("float32")
-
-
-def value_and_grads(fn, *args):
-    """fn(*args) and the gradients of its sum with respect to each argument, as NumPy."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        def total(*xs):
-            value = fn(*xs)
-            return ops.sum(ops.cast(value, "float32")), value
-
-        # Compiled as a whole: op-by-op dispatch would compile every op separately.
-        grad_fn = jax.grad(total, argnums=tuple(range(len(args))), has_aux=True)
-        grads, value = jax.jit(grad_fn)(*args)
-        return np.asarray(value), [np.asarray(g) for g in grads]
-    import tensorflow as tf
-
-    xs = [tf.constant(a) for a in args]
-    with tf.GradientTape() as tape:
-        tape.watch(xs)
-        value = fn(*xs)
-        total = ops.sum(ops.cast(value, "float32"))
-    grads = tape.gradient(total, xs)
-    assert all(g is not None for g in grads)
-    return np.asarray(value), [np.asarray(g) for g in grads]
-
-
-def compiled(fn, *args):
-    """fn(*args) traced and compiled, with an unknown batch dimension on TensorFlow."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return np.asarray(jax.jit(fn)(*args))
-    import tensorflow as tf
-
-    signature = [tf.TensorSpec([None, *a.shape[1:]], a.dtype) for a in args]
-    return np.asarray(tf.function(fn, input_signature=signature)(*args))
 
 
 XYXY = np.array([[[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 4.0, 2.0]]], dtype="float32")

@@ -8,7 +8,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from helpers import np_from_xyxy
+from helpers import compiled, np_from_xyxy, value_and_grads
 from keras import ops
 
 from hungarian_loss.boxes import BOX_FORMATS
@@ -32,38 +32,8 @@ from hungarian_loss.costs import (
 
 def value_and_grad(fn, y_true, y_pred):
     """fn(y_true, y_pred) and the gradient of its sum with respect to y_pred, as NumPy."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        def total(p):
-            value = fn(y_true, p)
-            return ops.sum(ops.cast(value, "float32")), value
-
-        # Compiled as a whole: op-by-op dispatch would compile every op separately.
-        grad, value = jax.jit(jax.grad(total, has_aux=True))(y_pred)
-        return np.asarray(value), np.asarray(grad)
-    import tensorflow as tf
-
-    y_pred = tf.constant(y_pred)
-    with tf.GradientTape() as tape:
-        tape.watch(y_pred)
-        value = fn(y_true, y_pred)
-        total = ops.sum(ops.cast(value, "float32"))
-    grad = tape.gradient(total, y_pred)
-    assert grad is not None
-    return np.asarray(value), np.asarray(grad)
-
-
-def compiled(fn, *args):
-    """fn(*args) traced and compiled, with an unknown batch dimension on TensorFlow."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return np.asarray(jax.jit(fn)(*args))
-    import tensorflow as tf
-
-    signature = [tf.TensorSpec([None, *a.shape[1:]], a.dtype) for a in args]
-    return np.asarray(tf.function(fn, input_signature=signature)(*args))
+    value, (grad,) = value_and_grads(lambda p: fn(y_true, p), y_pred)
+    return value, grad
 
 
 def brute_force(pair_cost, y_true, y_pred):
