@@ -7,6 +7,7 @@ fresh machine with only Python and the package registries.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nox
 
@@ -55,6 +56,30 @@ def docs(session: nox.Session) -> None:
     session.run(
         "mkdocs", "build", "--strict", "--site-dir", "site", env={"KERAS_BACKEND": "tensorflow"}
     )
+
+
+@nox.session(python=PYTHON)
+def build(session: nox.Session) -> None:
+    """Build the sdist and the wheel into dist/, check them, and install them as a user would.
+
+    `twine check --strict` on both; then tests/follow_readme.py checks the wheel's files,
+    installs it in a new virtual environment and runs the worked example and
+    `python -m hungarian_loss --help` from outside the source tree, and then follows the
+    README literally: its install commands in another new environment, and every Python
+    block, each printing what the README says.
+    """
+    session.install("build>=1.2", "twine>=5")
+    dist = Path("dist")
+    for old in dist.glob("hungarian_loss-*"):
+        old.unlink()
+    session.run("python", "-m", "build", "--outdir", str(dist))
+    sdists = sorted(dist.glob("hungarian_loss-*.tar.gz"))
+    wheels = sorted(dist.glob("hungarian_loss-*.whl"))
+    if len(sdists) != 1 or len(wheels) != 1:
+        session.error(f"Expected one sdist and one wheel in dist/. Received: {sdists + wheels}")
+    session.run("twine", "check", "--strict", str(sdists[0]), str(wheels[0]))
+    session.run("python", "tests/follow_readme.py", "--wheel", str(wheels[0]))
+    session.run("python", "tests/follow_readme.py")
 
 
 @nox.session(python=PYTHON)

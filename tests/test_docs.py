@@ -19,114 +19,32 @@ import io
 import linecache
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
 import pytest
+from follow_readme import install_commands
+from markdown_blocks import Block, expand_snippets, expected_output, read_blocks
 
 import hungarian_loss
 from hungarian_loss import costs
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-MARKDOWN_FILES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+MARKDOWN_FILES = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted(DOCS.rglob("*.md"))]
 BACKEND = keras.backend.backend()
 
-FENCE = re.compile(r"^(?P<indent>\s*)```(?P<info>[^`]*)$")
-BACKEND_MARKER = re.compile(r"^<!--\s*test-backend:\s*(?P<backend>\w+)\s*-->$")
-SNIPPET = re.compile(r'^\s*--8<--\s+"(?P<path>[^":]+)(?::(?P<start>\d*)(?::(?P<end>\d*))?)?"\s*$')
-EXPECTED = re.compile(r"^print\(.*\)\s+# -> (?P<text>.*)$")
 API_ENTRY = re.compile(r"^:::\s+(?P<name>[\w.]+)\s*$", re.MULTILINE)
 # Fence languages a page may use; Python blocks are "python", so that none escapes the tests.
 LANGUAGES = {"python", "sh", "text"}
-
-
-@dataclass(frozen=True)
-class Block:
-    """A fenced code block of a Markdown file."""
-
-    path: Path
-    line: int  # 1-based line of the opening fence
-    language: str
-    code: str
-    backend: str | None  # from a `test-backend` marker, else None
-    heading: str
-
-    @property
-    def id(self) -> str:
-        slug = re.sub(r"[^a-z0-9]+", "-", self.heading.lower()).strip("-")
-        return f"{self.path.relative_to(ROOT).as_posix()}:{self.line}" + (
-            f"-{slug}" if slug else ""
-        )
-
-
-def read_blocks(path: Path) -> list[Block]:
-    """Every fenced code block of a Markdown file, in order."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    blocks: list[Block] = []
-    heading = ""
-    index = 0
-    while index < len(lines):
-        line = lines[index]
-        if line.startswith("#"):
-            heading = line.lstrip("#").strip()
-        match = FENCE.match(line)
-        if match is None:
-            index += 1
-            continue
-        indent, info = match["indent"], match["info"].strip()
-        language = info.split()[0] if info else ""
-        start = index
-        index += 1
-        body: list[str] = []
-        while index < len(lines) and lines[index].strip() != "```":
-            body.append(lines[index][len(indent) :])
-            index += 1
-        if index == len(lines):
-            raise AssertionError(f"{path}:{start + 1}: the code block is never closed")
-        previous = next(
-            (lines[i].strip() for i in range(start - 1, -1, -1) if lines[i].strip()), ""
-        )
-        marker = BACKEND_MARKER.match(previous)
-        blocks.append(
-            Block(
-                path=path,
-                line=start + 1,
-                language=language,
-                code="\n".join(body) + "\n",
-                backend=marker["backend"] if marker else None,
-                heading=heading,
-            )
-        )
-        index += 1
-    return blocks
-
-
-def expand_snippets(code: str) -> str:
-    """Replaces `--8<-- "path[:start[:end]]"` lines with the lines of the file (from ROOT)."""
-    lines: list[str] = []
-    for line in code.splitlines():
-        match = SNIPPET.match(line)
-        if match is None:
-            lines.append(line)
-            continue
-        path = ROOT / match["path"]
-        assert path.is_file(), f"the snippet {match['path']!r} does not exist"
-        included = path.read_text(encoding="utf-8").splitlines()
-        start = int(match["start"]) if match["start"] else 1
-        end = int(match["end"]) if match["end"] else len(included)
-        lines.extend(included[start - 1 : end])
-    return "\n".join(lines) + "\n"
-
-
-def expected_output(code: str) -> list[str]:
-    """The texts of `print(...)  # -> TEXT` lines, in order."""
-    return [match["text"].rstrip() for line in code.splitlines() if (match := EXPECTED.match(line))]
+CI_COMMAND = (
+    "python3.11 -m pip install -U nox uv && python3.11 -m nox -s lint typecheck tests docs build"
+)
 
 
 ALL_BLOCKS = [block for path in MARKDOWN_FILES for block in read_blocks(path)]
@@ -188,7 +106,14 @@ def test_python_block_runs(block: Block, tmp_path: Path) -> None:
 
 def test_there_are_python_blocks_everywhere_we_expect() -> None:
     files = {block.path.relative_to(ROOT).as_posix() for block in PYTHON_BLOCKS}
-    assert {"README.md", "docs/index.md", "docs/matching.md", "docs/costs.md"} <= files
+    assert {
+        "README.md",
+        "CHANGELOG.md",
+        "docs/index.md",
+        "docs/matching.md",
+        "docs/costs.md",
+        "docs/migration.md",
+    } <= files
     assert len(PYTHON_BLOCKS) >= 15
 
 
@@ -263,13 +188,60 @@ def test_api_entries_name_real_objects() -> None:
 def test_readme_gives_the_two_commands_exactly() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     ci_command = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
-    assert ci_command == (
-        "python3.11 -m pip install -U nox uv && python3.11 -m nox -s lint typecheck tests docs"
-    )
+    assert ci_command == CI_COMMAND
     shell_blocks = [block.code.strip() for block in ALL_BLOCKS if block.path.name == "README.md"]
     assert ci_command in shell_blocks
     assert f"\n{ci_command}\n" in readme  # the line, byte for byte
     assert "python -m pip install -U nox uv && python -m nox -s demo" in shell_blocks
+
+
+def test_no_instruction_installs_from_the_index() -> None:
+    # The index serves the archived 1.0.3 under this name until 2.0 is published.
+    from_index = re.compile(r"pip install\s+[\"']?hungarian[-_]loss\b")
+    for block in ALL_BLOCKS:
+        if block.language == "sh":
+            assert not from_index.search(block.code), f"{block.id}: installs 1.0.3"
+
+
+def test_readme_installs_from_the_clone_and_says_why() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    install = readme[readme.index("## Install") : readme.index("### From a clone")]
+    assert "1.0.3" in install  # the index serves it under this name
+    commands = [shlex.join(argv) for argv in install_commands()]  # what follow_readme.py runs
+    assert commands == [
+        "python -m pip install .",
+        "python -m pip install '.[jax]'",
+        "python -m pip install '.[demo]'",
+    ]
+
+
+def test_one_version_everywhere() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    version = re.search(r'^version = "(?P<v>[^"]+)"$', pyproject, re.MULTILINE)
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    latest = re.search(r"^## (?P<v>\d+\.\d+\.\d+\S*)", changelog, re.MULTILINE)
+    assert version is not None and latest is not None
+    assert version["v"] == hungarian_loss.__version__ == latest["v"]
+
+
+def test_project_urls_name_no_other_project() -> None:
+    # 1.0.3's repository is not this code: no metadata or site setting may point there.
+    for name in ("pyproject.toml", "mkdocs.yml"):
+        assert "mmgalushka" not in (ROOT / name).read_text(encoding="utf-8"), name
+
+
+def test_every_page_is_in_the_site_navigation() -> None:
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    nav = config[config.index("\nnav:") : config.index("\nmarkdown_extensions:")]
+    listed = set(re.findall(r":\s+(\S+\.md)\s*$", nav, re.MULTILINE))
+    pages = {path.relative_to(DOCS).as_posix() for path in DOCS.rglob("*.md")}
+    assert pages == listed
+    assert {"migration.md", "changelog.md"} <= pages
+
+
+def test_the_changelog_page_includes_the_changelog() -> None:
+    page = (DOCS / "changelog.md").read_text(encoding="utf-8")
+    assert '--8<-- "CHANGELOG.md"' in page.splitlines()
 
 
 def test_pictures_exist() -> None:

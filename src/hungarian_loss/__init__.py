@@ -20,4 +20,4 @@ __all__ = [
     "linear_sum_assignment",
     "register_cost",
 ]
-__version__ = "2.0.0.dev0"
+__version__ = "2.0.0"
