@@ -244,6 +244,17 @@ def test_the_changelog_page_includes_the_changelog() -> None:
     assert '--8<-- "CHANGELOG.md"' in page.splitlines()
 
 
+def test_readme_links_name_files_that_exist() -> None:
+    # The site's build checks the links of docs/; these two files are read on their own.
+    for name in ("README.md", "CHANGELOG.md"):
+        text = (ROOT / name).read_text(encoding="utf-8")
+        targets = re.findall(r"\]\(([^)\s]+)\)", text)
+        local = [target for target in targets if not re.match(r"[a-z]+:|#", target)]
+        assert local or name == "CHANGELOG.md"
+        for target in local:
+            assert (ROOT / target.split("#")[0]).is_file(), f"{name}: {target}"
+
+
 def test_pictures_exist() -> None:
     for path in MARKDOWN_FILES:
         text = path.read_text(encoding="utf-8")
