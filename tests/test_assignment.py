@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -13,6 +15,9 @@ from hypothesis.extra import numpy as hnp
 from hungarian_loss import linear_sum_assignment
 
 solve = jit(linear_sum_assignment)
+# Each strategy compiled on its own; "auto" picks one of them by device and shape.
+STRATEGIES = ("steps", "phases")
+SOLVERS = {s: jit(functools.partial(linear_sum_assignment, strategy=s)) for s in STRATEGIES}
 F32_EPS = float(np.finfo(np.float32).eps)
 F32_TINY = float(np.finfo(np.float32).tiny)
 
@@ -52,10 +57,11 @@ def random_batch(shape: tuple[int, int], count: int, seed: int) -> tuple[np.ndar
     return np.stack(mats).astype("float32").reshape((count, *shape)), kinds
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("shape", PARITY_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_parity_with_scipy(shape: tuple[int, int]) -> None:
+def test_parity_with_scipy(shape: tuple[int, int], strategy: str) -> None:
     cost, kinds = random_batch(shape, PER_SHAPE, seed=shape[0] * 100 + shape[1])
-    result = np.asarray(solve(cost))
+    result = np.asarray(SOLVERS[strategy](cost))
     assert result.shape == (PER_SHAPE, shape[0])
     for b in range(PER_SHAPE):
         assert_is_matching(result[b], shape[1])
@@ -127,7 +133,8 @@ def test_half_and_double_inputs(dtype: str) -> None:
 # ----- masks ---------------------------------------------------------------------------------
 
 
-def test_masks_match_scipy_on_valid_submatrix() -> None:
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_masks_match_scipy_on_valid_submatrix(strategy: str) -> None:
     rng = np.random.default_rng(4)
     batch, m, n = 128, 7, 9
     cost = rng.normal(size=(batch, m, n)).astype("float32")
@@ -135,7 +142,7 @@ def test_masks_match_scipy_on_valid_submatrix() -> None:
     col_mask = rng.uniform(size=(batch, n)) < 0.6
     row_mask[0] = False  # no valid rows
     col_mask[1] = False  # no valid columns
-    result = np.asarray(jit(linear_sum_assignment)(cost, row_mask, col_mask))
+    result = np.asarray(SOLVERS[strategy](cost, row_mask, col_mask))
     assert np.all(result[0] == -1) and np.all(result[1] == -1)
     for b in range(batch):
         assert_is_matching(result[b], n)
@@ -155,6 +162,13 @@ def test_mask_shape_errors() -> None:
         linear_sum_assignment(cost, row_mask=np.ones((2, 4), bool))
     with pytest.raises(ValueError, match="col_mask"):
         linear_sum_assignment(cost, col_mask=np.ones((2, 3), bool))
+    with pytest.raises(ValueError, match=r"row_mask.*\(2, 3\).*Received: row_mask.shape=\(3, 3\)"):
+        linear_sum_assignment(cost, row_mask=np.ones((3, 3), bool))
+
+
+def test_unknown_strategy() -> None:
+    with pytest.raises(ValueError, match="Expected `strategy` in"):
+        linear_sum_assignment(np.zeros((2, 3, 4), "float32"), strategy="fast")
 
 
 @pytest.mark.parametrize("shape", [(5,), (1, 2, 3, 4)])
@@ -185,8 +199,9 @@ def scipy_total_pairs(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return scipy.optimize.linear_sum_assignment(cost)
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("shape", [(6, 9), (9, 6)], ids=["wide", "tall"])
-def test_non_finite_entries_are_forbidden(shape: tuple[int, int]) -> None:
+def test_non_finite_entries_are_forbidden(shape: tuple[int, int], strategy: str) -> None:
     rng = np.random.default_rng(5 + shape[0])
     batch = 192
     cost = rng.normal(size=(batch, *shape)).astype("float32")
@@ -194,7 +209,7 @@ def test_non_finite_entries_are_forbidden(shape: tuple[int, int]) -> None:
     holes = rng.uniform(size=cost.shape) < density
     values = rng.choice(np.array([np.inf, -np.inf, np.nan], "float32"), size=cost.shape)
     cost = np.where(holes, values, cost)
-    result = np.asarray(solve(cost))
+    result = np.asarray(SOLVERS[strategy](cost))
     for b in range(batch):
         assert_is_matching(result[b], shape[1])
         rows = np.flatnonzero(result[b] >= 0)
@@ -234,6 +249,66 @@ def test_extreme_magnitudes() -> None:
             ref, _ = scipy_total(cost[b])
             assert count == 5
             assert abs(ours - ref) <= rounding_tolerance(cost[b], count)
+
+
+# ----- large and structured problems --------------------------------------------------------
+
+
+def structured_batch(n: int) -> tuple[np.ndarray, list[str]]:
+    """One n x n matrix of each hard kind (the last one also holds a huge finite outlier)."""
+    rng = np.random.default_rng(n)
+    i = np.arange(n, dtype="float64")[:, None]
+    j = np.arange(n, dtype="float64")[None, :]
+    uniform = rng.uniform(size=(n, n))
+    forbidden = np.where(rng.uniform(size=(n, n)) < 0.9, np.inf, rng.uniform(size=(n, n)))
+    outlier = rng.uniform(size=(n, n))
+    outlier[n // 3, n // 2] = 1e37
+    kinds = {
+        "uniform": uniform,
+        "products": (i + 1) * (j + 1),  # c_ij = i * j, 1-based: long augmenting paths
+        "squared_differences": (i - j) ** 2,
+        "machol_wien": i * j,  # (i - 1)(j - 1) in 1-based indices (Machol and Wien, 1976)
+        "rank_one": np.outer(rng.uniform(1, 2, size=n), rng.uniform(1, 2, size=n)),
+        "ties": rng.integers(0, 3, size=(n, n)).astype("float64"),
+        "forbidden_90": forbidden,
+        "outlier": outlier,
+    }
+    return np.stack(list(kinds.values())).astype("float32"), list(kinds)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("n", [200, 500])
+def test_large_structured_parity(n: int, strategy: str) -> None:
+    cost, kinds = structured_batch(n)
+    result = np.asarray(SOLVERS[strategy](cost))
+    for b, kind in enumerate(kinds):
+        assert_is_matching(result[b], n)
+        ours, count = matched_total(cost[b], result[b])
+        if kind == "forbidden_90":
+            ref, ref_count = forbidden_reference(cost[b])
+        else:
+            ref, ref_count = scipy_total(cost[b])
+        assert count == ref_count, kind
+        if kind == "outlier":
+            # The optimum avoids the outlier: round off on the other costs only, not on 1e37.
+            tol = rounding_tolerance(np.where(cost[b] > 1.0, 0.0, cost[b]), count)
+        else:
+            tol = rounding_tolerance(cost[b][np.isfinite(cost[b])], count)
+        assert abs(ours - ref) <= tol, (kind, ours, ref)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_outlier_keeps_optimum(strategy: str) -> None:
+    # One huge finite cost must not push the others' differences into denormals.
+    rng = np.random.default_rng(8)
+    cost = rng.uniform(size=(16, 50, 50)).astype("float32")
+    cost[np.arange(16), rng.integers(0, 50, 16), rng.integers(0, 50, 16)] = 1e37
+    result = np.asarray(SOLVERS[strategy](cost))
+    for b in range(16):
+        ours, count = matched_total(cost[b], result[b])
+        ref, _ = scipy_total(cost[b])
+        assert count == 50
+        assert abs(ours - ref) <= 50 * 8 * F32_EPS, (ours, ref)
 
 
 # ----- compilation ---------------------------------------------------------------------------

@@ -166,8 +166,7 @@ def linear_sum_assignment(
             row_mask = ops.ones_like(cost[:, :, 0], dtype="bool")
         if col_mask is None:
             col_mask = ops.ones_like(cost[:, 0, :], dtype="bool")
-        if strategy == "auto":
-            strategy = "phases" if _on_accelerator() else "steps"
+        strategy = _resolve(strategy, min(m, n), max(m, n))
         result = _compiled(_ASSIGN[strategy])(cost, row_mask, col_mask)
     return result[0] if single else result
 
@@ -210,18 +209,49 @@ def _solve(cost: Tensor, active_row: Tensor, strategy: str) -> tuple[Tensor, Ten
     Returns `col4row [B, R]`, `row4col [B, C]` (-1 where unmatched) and the steps `[4]`.
     """
     zero = ops.convert_to_tensor(0, dtype="int32")
-    if strategy == "steps":
-        col4row, row4col, v = row_reduction(cost, active_row)
-        rounds = phase_count = bf_rounds = zero
-        unroll = 1
+    rows, cols = cost.shape[1], cost.shape[2]
+    unroll = _UNROLL if _on_accelerator() else 1
+    auction_rounds = _auction_rounds(strategy, rows, cols)
+    if auction_rounds:
+        col4row, row4col, v, rounds = auction(cost, active_row, auction_rounds)
     else:
-        col4row, row4col, v, rounds = auction(cost, active_row, _AUCTION_ROUNDS)
+        col4row, row4col, v = row_reduction(cost, active_row)
+        rounds = zero
+    if strategy == "phases":
         col4row, row4col, v, phase_count, bf_rounds = phases(
-            cost, active_row, col4row, row4col, v, _PHASE_ROUNDS, unroll=_UNROLL
+            cost, active_row, col4row, row4col, v, _PHASE_ROUNDS, unroll=unroll
         )
-        unroll = _UNROLL
+    else:
+        phase_count = bf_rounds = zero
     col4row, row4col, steps = augment(cost, active_row, col4row, row4col, v, unroll=unroll)
     return col4row, row4col, ops.stack([rounds, phase_count, bf_rounds, steps])
+
+
+def _auction_rounds(strategy: str, rows: int, cols: int) -> int:
+    """Auction rounds before the exact phases (0: row reduction instead).
+
+    With light steps, a few rounds pay where the problem is near square (measured on
+    CPU: many rows are left over by row reduction there); a wide problem is nearly done
+    by row reduction, which costs one pass.
+    """
+    if strategy == "phases":
+        return _AUCTION_ROUNDS
+    return _STEPS_AUCTION_ROUNDS if 2 * rows > cols else 0
+
+
+def _resolve(strategy: str, rows: int, cols: int) -> str:
+    """`"auto"` made concrete: phases on accelerators and for large near-square problems."""
+    if strategy != "auto":
+        return strategy
+    if _on_accelerator():
+        return "phases"
+    # On CPU a Bellman-Ford round costs about ten light steps; it pays where paths are many
+    # and long (measured: 1x1000x1000 and 4x300x300 took half the time of light steps).
+    return "phases" if rows >= _CPU_PHASES_ROWS and 2 * rows > cols else "steps"
+
+
+_STEPS_AUCTION_ROUNDS = 4
+_CPU_PHASES_ROWS = 256
 
 
 _ASSIGN: dict[str, Callable[..., Tensor]] = {
@@ -270,7 +300,12 @@ def _check_mask(mask: Tensor | None, cost: Tensor, axis: int, name: str) -> Tens
         return None
     mask = ops.convert_to_tensor(mask)
     expected = (cost.shape[0], cost.shape[axis])
-    if len(mask.shape) != 2 or mask.shape[1] != expected[1]:
+    known_batches = None not in (mask.shape[0] if mask.shape else None, expected[0])
+    if (
+        len(mask.shape) != 2
+        or mask.shape[1] != expected[1]
+        or (known_batches and mask.shape[0] != expected[0])
+    ):
         raise ValueError(
             f"Expected `{name}` of shape {expected} to fit `cost` of shape "
             f"{tuple(cost.shape)}. Received: {name}.shape={tuple(mask.shape)}"
