@@ -69,6 +69,46 @@ def uniform_costs(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.n
     return rng.random(shape, dtype=np.float32)
 
 
+# Solver cases: "BxMxN" (uniform costs) or "KIND:BxMxN" with KIND one of
+# - "detr": B = images x 6 decoder layers, M padded target rows (row mask: a geometric count of
+#   mean 8 per image, shared by its layers, the first image at 50), N queries, uniform costs;
+# - "ij": every sample c_ij = i * j (long augmenting paths);
+# - "mixij": uniform samples, the first one replaced by c_ij = i * j / (M * N).
+SOLVER_KINDS = ("uniform", "detr", "ij", "mixij")
+DETR_LAYERS = 6
+
+
+def parse_case(text: str) -> tuple[str, int, int, int]:
+    """`"detr:48x64x300"` -> `("detr", 48, 64, 300)`; a bare shape is uniform."""
+    kind, _, shape = text.rpartition(":")
+    batch, rows, cols = (int(part) for part in shape.lower().split("x"))
+    kind = kind or "uniform"
+    if kind not in SOLVER_KINDS or min(batch, rows, cols) < 0:
+        raise ValueError(f"Expected [KIND:]BxMxN with KIND in {SOLVER_KINDS}. Received: {text!r}")
+    if kind == "detr" and batch % DETR_LAYERS:
+        raise ValueError(f"Expected a batch that is a multiple of {DETR_LAYERS}: {text!r}")
+    return kind, batch, rows, cols
+
+
+def solver_input(rng: np.random.Generator, case: str) -> Any:
+    """The input of one solver case: a cost `[B, M, N]`, or `(cost, row_mask)` for "detr"."""
+    kind, batch, rows, cols = parse_case(case)
+    cost = rng.random((batch, rows, cols), dtype=np.float32)
+    products = np.outer(np.arange(rows), np.arange(cols)).astype(np.float32)
+    if kind == "ij":
+        return np.broadcast_to(products, cost.shape).copy()
+    if kind == "mixij":
+        cost[0] = products / (rows * cols)
+        return cost
+    if kind == "detr":
+        images = batch // DETR_LAYERS
+        counts = np.minimum(rng.geometric(1 / 8, size=images), rows)
+        counts[0] = min(50, rows)
+        per_problem = np.repeat(counts, DETR_LAYERS)  # image-major: its layers side by side
+        return cost, np.arange(rows)[None, :] < per_problem[:, None]
+    return cost
+
+
 def random_boxes(rng: np.random.Generator, batch: int, count: int) -> np.ndarray:
     """Valid `xyxy` boxes inside the unit square, float32 `[batch, count, 4]`."""
     low = rng.uniform(0.0, 0.7, size=(batch, count, 2))

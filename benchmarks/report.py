@@ -74,8 +74,15 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+KIND_LABELS = {"detr": "DETR, masked", "ij": "c = i*j", "mixij": "one i*j among uniform"}
+# The square uniform cases of the scaling plot: n -> batch.
+SCALING_SERIES = {10: 16, 30: 16, 100: 16, 300: 4, 1000: 1}
+
+
 def case_label(case: str) -> str:
-    return "(" + case.replace("x", ", ") + ")"
+    kind, _, shape = case.rpartition(":")
+    label = "(" + shape.replace("x", ", ") + ")"
+    return f"{KIND_LABELS[kind]} {label}" if kind else label
 
 
 def median_of(results: dict[str, Any], case: str, contender: str) -> float | None:
@@ -166,7 +173,50 @@ def solver_lines(group: dict[str, Any]) -> list[str]:
         f"one-time start-up ({'; '.join(warm_ups) or 'not reported'}).",
     ]
     lines += ["", *exactness_lines(group), ""]
+    lines += steps_lines(group)
+    lines += hostage_lines(results)
     return lines
+
+
+def steps_lines(group: dict[str, Any]) -> list[str]:
+    """Sequential loop steps of our solver per case (from the JAX worker's warm-up input)."""
+    steps: dict[str, Any] = {}
+    for worker in group["workers"].values():
+        steps.update(worker["info"].get("loop_steps", {}))
+    if not steps:
+        return []
+    names = ["auction_rounds", "phases", "bellman_ford_rounds", "light_steps"]
+    rows = [
+        [case_label(case), entry["strategy"], *(str(entry[name]) for name in names)]
+        for case, entry in steps.items()
+    ]
+    header = ["case", "strategy", "auction rounds", "phases", "Bellman-Ford rounds", "light steps"]
+    return [
+        "## Solver: sequential loop steps (the slowest sample of the batch sets them)",
+        "",
+        *table(header, rows),
+        "",
+    ]
+
+
+def hostage_lines(results: dict[str, Any]) -> list[str]:
+    """How much one hard sample (c = i*j) slows a batch of uniform ones."""
+    lines = []
+    for case in results:
+        kind, _, shape = case.rpartition(":")
+        if kind != "mixij" or shape not in results:
+            continue
+        for contender in ("ours_tf", "ours_jax", "scipy_tf", "scipy_jax"):
+            mixed, uniform = (
+                median_of(results, case, contender),
+                median_of(results, shape, contender),
+            )
+            if mixed and uniform:
+                lines.append(f"- {LABELS[contender]}: {times(mixed / uniform)}x")
+    if not lines:
+        return []
+    title = f"One c = i*j sample in a batch of uniform ones, time / all-uniform batch ({shape}):"
+    return [title, "", *lines, ""]
 
 
 def exactness_lines(group: dict[str, Any]) -> list[str]:
@@ -366,7 +416,8 @@ def bar_group(axis: Any, results: dict[str, Any], contenders: list[str], title: 
         patches = axis.bar(positions, heights, width, label=LABELS.get(contender, contender))
         axis.bar_label(patches, [ms(height) for height in heights], fontsize=6)
         drawn.extend(heights)
-    axis.set_xticks(range(len(cases)), [case_label(case) for case in cases], fontsize=8)
+    labels = [case_label(case).replace(" (", "\n(") for case in cases]
+    axis.set_xticks(range(len(cases)), labels, fontsize=6, rotation=90)
     axis.set_yscale("log")
     if drawn:
         low, high = math.log10(min(drawn)), math.log10(max(drawn) * 2)
@@ -376,6 +427,37 @@ def bar_group(axis: Any, results: dict[str, Any], contenders: list[str], title: 
     axis.set_title(title, fontsize=10)
     axis.legend(fontsize=7, loc="upper left")
     axis.grid(axis="y", which="major", alpha=0.3)
+
+
+def plot_scaling(record: dict[str, Any], path: Path) -> str:
+    """Median time per call against n for the square uniform series, one line per contender."""
+    results = record.get("solvers", {}).get("results", {})
+    series = {n: f"{b}x{n}x{n}" for n, b in SCALING_SERIES.items() if f"{b}x{n}x{n}" in results}
+    if len(series) < 2:
+        return "no scaling plot: fewer than two cases of the series"
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.4, 4.6))
+    for contender in SOLVER_COLUMNS:
+        points = [
+            (n, value)
+            for n, case in series.items()
+            if (value := median_of(results, case, contender)) is not None
+        ]
+        if points:
+            axis.plot(*zip(*points, strict=True), marker="o", label=LABELS[contender])
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xticks(list(series), [f"{n}\n(B={SCALING_SERIES[n]})" for n in series])
+    axis.set_xlabel("n (square n x n uniform costs), batch B")
+    axis.set_ylabel("median ms per call (log)")
+    axis.set_title(f"Solver time against n ({record['machine']['cpu_model']})", fontsize=9)
+    axis.grid(which="major", alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return "scaling plot written"
 
 
 def plot(record: dict[str, Any], path: Path) -> str:
@@ -394,7 +476,7 @@ def plot(record: dict[str, Any], path: Path) -> str:
     panels = [panel for panel in panels if record.get(panel[0], {}).get("results")]
     if not panels:
         return "no plot: no results"
-    widths = [3 if group == "solvers" else 1.3 for group, _, _ in panels]
+    widths = [6 if group == "solvers" else 1.3 for group, _, _ in panels]
     figure, axes = plt.subplots(
         1, len(panels), figsize=(sum(widths) * 3.2, 4.5), width_ratios=widths, squeeze=False
     )

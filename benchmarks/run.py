@@ -38,11 +38,29 @@ from typing import Any
 
 import numpy as np
 import report
-from common import PREFIX, box_pairs, case_rng, rotated
+from common import PREFIX, box_pairs, case_rng, parse_case, rotated
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_SHAPES = ((32, 10, 10), (32, 20, 100), (8, 100, 300), (16, 100, 100))
-QUICK_SHAPES = ((32, 10, 10), (32, 20, 100))
+# DESIGN.md's four shapes, the masked DETR case (8 images x 6 layers), wide and large ones, the
+# square series of the scaling plot (n = 10 ... 1000) and the long-path cases (c_ij = i * j).
+DEFAULT_SHAPES = (
+    "32x10x10",
+    "32x20x100",
+    "8x100x300",
+    "16x100x100",
+    "detr:48x64x300",
+    "64x100x300",
+    "64x300x300",
+    "16x10x10",
+    "16x30x30",
+    "4x300x300",
+    "1x500x500",
+    "1x1000x1000",
+    "16x400x400",
+    "mixij:16x400x400",
+    "ij:1x600x600",
+)
+QUICK_SHAPES = ("32x10x10", "32x20x100")
 LEGACY_REQUIREMENT = "hungarian-loss==1.0.3"
 GROUPS = ("solvers", "loss", "train")
 VERSIONED = ("tensorflow", "keras", "jax", "jaxlib", "optax", "scipy", "numpy", "matplotlib")
@@ -52,14 +70,14 @@ VERSIONED = ("tensorflow", "keras", "jax", "jaxlib", "optax", "scipy", "numpy", 
 # Options.
 
 
-def parse_shape(text: str) -> tuple[int, int, int]:
+def parse_shape(text: str) -> str:
     try:
-        batch, rows, cols = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        batch = rows = cols = -1
-    if min(batch, rows, cols) < 0:
-        raise argparse.ArgumentTypeError(f"Expected a shape like 32x10x10. Received: {text!r}")
-    return batch, rows, cols
+        parse_case(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"Expected a case like 32x10x10 or detr:48x64x300. Received: {text!r}"
+        ) from error
+    return text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,7 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--shapes",
         type=lambda text: [parse_shape(part) for part in text.split(",")],
-        help="solver shapes as BxMxN,BxMxN,... (default: the four of DESIGN.md)",
+        help="solver cases as [KIND:]BxMxN,... with KIND uniform (default), detr, ij or mixij "
+        "(default: DESIGN.md's shapes and more, see benchmarks/README.md)",
     )
     parser.add_argument(
         "--only",
@@ -123,7 +142,7 @@ def worker_config(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "target_s": args.target_ms / 1000.0,
         "max_calls": 200,
-        "shapes": [list(shape) for shape in args.shapes],
+        "shapes": list(args.shapes),
         "loss_shape": [32, 10],
         "legacy_eager_calls": args.legacy_eager_calls,
         "train": {"batch": 32, "features": 64, "predictions": 100, "targets": 20},
@@ -635,8 +654,12 @@ def main(argv: list[str] | None = None) -> int:
     markdown = report.markdown(record)
     (args.out / "results.md").write_text(markdown)
     plot_note = report.plot(record, args.out / "results.png")
+    scaling_note = report.plot_scaling(record, args.out / "scaling.png")
     print(markdown)
-    log(f"wrote {args.out / 'results.json'}, results.md, results.png ({plot_note})")
+    log(
+        f"wrote {args.out / 'results.json'}, results.md, results.png ({plot_note}), "
+        f"scaling.png ({scaling_note})"
+    )
     log(f"total {record['wall_s']:.0f} s")
     return 0
 

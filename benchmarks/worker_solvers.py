@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import numpy as np
-from common import Case, Contender, error_summary, serve, shape_name, uniform_costs
+from common import Case, Contender, error_summary, parse_case, serve, solver_input
 
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 SUFFIX = {"tensorflow": "tf", "jax": "jax"}[BACKEND]
@@ -24,14 +24,21 @@ SUFFIX = {"tensorflow": "tf", "jax": "jax"}[BACKEND]
 # Contenders. Each `make_*` returns a fresh one, so its first call traces and compiles.
 
 
-def scipy_loop(cost: np.ndarray) -> np.ndarray:
-    """`scipy.optimize.linear_sum_assignment` per sample, in our format (`[B, M]`, -1)."""
+def split(x: Any) -> tuple[Any, Any]:
+    """`(cost, row_mask)` from a case input (`row_mask` None where there is none)."""
+    return x if isinstance(x, tuple) else (x, None)
+
+
+def scipy_loop(x: Any) -> np.ndarray:
+    """`scipy.optimize.linear_sum_assignment` per sample (its real rows), in our format."""
     from scipy.optimize import linear_sum_assignment
 
+    cost, row_mask = split(x)
     columns = np.full(cost.shape[:2], -1, dtype=np.int32)
     for sample, matrix in enumerate(cost):
-        rows, cols = linear_sum_assignment(matrix)
-        columns[sample, rows] = cols
+        real = np.arange(cost.shape[1]) if row_mask is None else np.flatnonzero(row_mask[sample])
+        rows, cols = linear_sum_assignment(matrix[real])
+        columns[sample, real[rows]] = cols
     return columns
 
 
@@ -41,13 +48,19 @@ def make_ours_tensorflow() -> Contender:
     from hungarian_loss import linear_sum_assignment
 
     solve = tf.function(linear_sum_assignment, jit_compile=True)
-    return Contender(run=lambda cost: np.asarray(solve(cost)), prepare=tf.constant)
+    return Contender(run=lambda x: np.asarray(solve(*split(x))), prepare=_on_tf_device)
 
 
-def _jax_on_device(x: np.ndarray) -> Any:
+def _on_tf_device(x: Any) -> Any:
+    import tensorflow as tf
+
+    return tuple(map(tf.constant, x)) if isinstance(x, tuple) else tf.constant(x)
+
+
+def _jax_on_device(x: Any) -> Any:
     import jax
 
-    return jax.device_put(x).block_until_ready()
+    return jax.block_until_ready(jax.device_put(x))
 
 
 def make_ours_jax() -> Contender:
@@ -56,7 +69,7 @@ def make_ours_jax() -> Contender:
     from hungarian_loss import linear_sum_assignment
 
     solve = jax.jit(linear_sum_assignment)
-    return Contender(run=lambda cost: np.asarray(solve(cost)), prepare=_jax_on_device)
+    return Contender(run=lambda x: np.asarray(solve(*split(x))), prepare=_jax_on_device)
 
 
 def make_optax() -> Contender:
@@ -96,8 +109,22 @@ def totals_from_pairs(cost: np.ndarray, pairs: tuple[np.ndarray, np.ndarray]) ->
     return cost[samples, rows, cols].sum(axis=1), np.full(cost.shape[0], rows.shape[1])
 
 
-def check_against_scipy(cost: np.ndarray, results: dict[str, Any]) -> dict[str, Any]:
-    reference_total, reference_count = totals_from_columns(cost, scipy_loop(cost))
+def loop_steps(x: Any) -> dict[str, int]:
+    """Sequential loop steps of our solver on `x` (the slowest sample sets them)."""
+    from hungarian_loss import assignment
+
+    cost, row_mask = split(x)
+    batch, rows, cols = cost.shape
+    row_mask = np.ones((batch, rows), bool) if row_mask is None else row_mask
+    strategy = assignment._resolve("auto", min(rows, cols), max(rows, cols))
+    _, steps = assignment._assign_with_steps(cost, row_mask, np.ones((batch, cols), bool), strategy)
+    names = ("auction_rounds", "phases", "bellman_ford_rounds", "light_steps")
+    return {"strategy": strategy, **dict(zip(names, map(int, np.asarray(steps)), strict=True))}
+
+
+def check_against_scipy(x: Any, results: dict[str, Any]) -> dict[str, Any]:
+    cost, _ = split(x)
+    reference_total, reference_count = totals_from_columns(cost, scipy_loop(x))
     report = {}
     for name, result in results.items():
         to_totals = totals_from_pairs if name == "optax" else totals_from_columns
@@ -148,21 +175,29 @@ def build(config: dict[str, Any]) -> tuple[list[Case], dict[str, Any]]:
     }
     info["backend_warm_up_s"] = backend_warm_up()
     cases = []
-    for shape in config["shapes"]:
+    for case in config["shapes"]:
         contenders = {}
         for name, make in contender_makers().items():
+            if name == "optax" and parse_case(case)[0] == "detr":
+                info["unavailable"][f"optax on {case}"] = "optax takes no masks"
+                continue
             try:
                 contenders[name] = make()
             except Exception as error:
                 info["unavailable"][name] = error_summary(error)
         cases.append(
             Case(
-                name=shape_name(shape),
-                make_input=functools.partial(uniform_costs, shape=tuple(shape)),
+                name=case,
+                make_input=functools.partial(solver_input, case=case),
                 contenders=contenders,
                 check=check_against_scipy,
             )
         )
+    if BACKEND == "jax":
+        rng = np.random.default_rng(config["seed"])
+        info["loop_steps"] = {
+            case: loop_steps(solver_input(rng, case)) for case in config["shapes"]
+        }
     return cases, info
 
 
