@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
 from keras import ops
 
 Tensor = Any
 
 
-def largest(dtype: str) -> float:
-    """A finite value near the largest of `dtype` (float32 or float64)."""
-    return 3.0e38 if dtype == "float32" else 1.0e308
+def largest(dtype: Any) -> Tensor:
+    """A finite scalar near the largest of `dtype` (float32 or float64), of that dtype."""
+    dtype = keras.backend.standardize_dtype(dtype)
+    return ops.convert_to_tensor(3.0e38 if dtype == "float32" else 1.0e308, dtype=dtype)
 
 
 def first_index(hit: Tensor, axis: int = -1) -> Tensor:
@@ -67,7 +69,7 @@ def normalize(cost: Tensor, allowed: Tensor) -> Tensor:
     shrink = 2.0 ** -((4 * (rows + 1)).bit_length() + 3)
     scale = ops.where(
         magnitude > big * shrink, shrink, ops.where(magnitude < 2.0**-60, 2.0**60, 1.0)
-    )
+    )  # float32 powers of two
     scale = ops.cast(scale, dtype)  # [B, 1, 1], a power of two
     scaled = ops.where(allowed, cost * scale, 0.0)  # [B, R, C]
     lo = ops.min(ops.where(allowed, scaled, big), axis=(1, 2), keepdims=True)  # [B, 1, 1]

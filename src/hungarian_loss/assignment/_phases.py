@@ -155,7 +155,9 @@ def phases(
             "v": ops.where(apply[:, None], v - shift, v),
             "col4row": ops.where(found < cols, found, -1),
             "row4col": row4col,
-            "deep": ops.logical_or(s["deep"], ops.logical_and(searching, ops.logical_not(converged))),
+            "deep": ops.logical_or(
+                s["deep"], ops.logical_and(searching, ops.logical_not(converged))
+            ),
             "phases": s["phases"] + 1,
             "rounds": s["rounds"] + bf["rounds"],
         }

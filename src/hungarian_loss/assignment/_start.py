@@ -55,7 +55,7 @@ def auction(cost: Tensor, active_row: Tensor, rounds: int) -> tuple[Tensor, ...]
     rows, cols = cost.shape[1], cost.shape[2]
     row_ids = ops.arange(rows, dtype="int32")  # [R]
     col_ids = ops.arange(cols, dtype="int32")  # [C]
-    big = ops.cast(largest(cost.dtype), cost.dtype)
+    big = largest(cost.dtype)
 
     def cond(s: dict[str, Tensor]) -> Tensor:
         return ops.any(ops.logical_and(active_row, s["col4row"] < 0))
