@@ -28,7 +28,8 @@ STRATEGIES = ("auto", "steps", "phases")
 # Auction rounds before the multi-path phases, and Bellman-Ford rounds a phase may take
 # before its sample is left to the light steps; loop steps unrolled per iteration there.
 _AUCTION_ROUNDS = 8
-_PHASE_ROUNDS = 32
+_PHASE_ROUNDS = 128  # 16 on CPU, where a Bellman-Ford round costs tens of light steps
+_PHASE_ROUNDS_CPU = 16
 _UNROLL = 4
 
 
@@ -71,20 +72,22 @@ def linear_sum_assignment(
       Rows with no allowed pair are never inserted.
     - A start, then exact phases, chosen by `strategy`:
 
-      - `"steps"` (the CPU's default): row reduction, then shortest augmenting paths
-        (Jonker-Volgenant, as SciPy after Crouse, 2016), one Dijkstra column scan or one
-        step back along the found path per loop step. Loop steps are light (`O(B * C)`)
-        and a row takes at most `2k - 1` of them when `k - 1` rows are matched: at most
-        `R^2` per sample.
-      - `"phases"` (the default on GPUs and TPUs, where a loop step's fixed cost
-        dominates): up to 8 parallel auction rounds (augmenting row reduction for all
-        free rows at once), then multi-path phases: distances from all free rows at once
-        by dense Bellman-Ford rounds (`O(B * R * C)` each, at most `R + 1` per phase),
-        one augmenting path per free row to its nearest free column, all flipped at once
-        (at least one per phase, so at most `R` phases). A sample whose phase needs more
-        than 32 rounds (very long paths) is finished by the light steps.
-      - `"auto"`: `"phases"` where the backend's default device is an accelerator,
-        `"steps"` on the CPU.
+      - `"steps"`: row reduction (or, for near-square problems, 4 parallel auction
+        rounds), then shortest augmenting paths (Jonker-Volgenant, as SciPy after
+        Crouse, 2016), one Dijkstra column scan or one step back along the found path per
+        loop step. Loop steps are light (`O(B * C)`) and a row takes at most `2k - 1` of
+        them when `k - 1` rows are matched: at most `R^2` per sample.
+      - `"phases"`: up to 8 parallel auction rounds (Jonker-Volgenant's augmenting row
+        reduction for all free rows at once), then multi-path phases: distances from all
+        free rows at once by dense Bellman-Ford rounds (`O(B * R * C)` each, at most
+        `R + 1` per phase), one augmenting path per free row to its nearest free column,
+        all flipped at once (at least one path per phase, so at most `R` phases). A
+        sample whose phase needs more than 128 rounds (16 on CPU), as with very long
+        paths, is finished by the light steps. About a tenth to a hundredth of the
+        sequential steps of `"steps"` on square problems, each heavier.
+      - `"auto"` (default): `"phases"` where the backend's default device is a GPU or
+        TPU (a loop step's fixed cost dominates there) and, on the CPU, for near-square
+        problems from 200 rows; `"steps"` otherwise.
 
     Every loop has a bound that follows from `M` and `N` (above), passed to the loop.
     Working memory beyond the cost matrix is one reduced-cost matrix `[B, R, C]` (for
@@ -210,7 +213,8 @@ def _solve(cost: Tensor, active_row: Tensor, strategy: str) -> tuple[Tensor, Ten
     """
     zero = ops.convert_to_tensor(0, dtype="int32")
     rows, cols = cost.shape[1], cost.shape[2]
-    unroll = _UNROLL if _on_accelerator() else 1
+    accelerated = _on_accelerator()
+    unroll = _UNROLL if accelerated else 1
     auction_rounds = _auction_rounds(strategy, rows, cols)
     if auction_rounds:
         col4row, row4col, v, rounds = auction(cost, active_row, auction_rounds)
@@ -219,7 +223,13 @@ def _solve(cost: Tensor, active_row: Tensor, strategy: str) -> tuple[Tensor, Ten
         rounds = zero
     if strategy == "phases":
         col4row, row4col, v, phase_count, bf_rounds = phases(
-            cost, active_row, col4row, row4col, v, _PHASE_ROUNDS, unroll=unroll
+            cost,
+            active_row,
+            col4row,
+            row4col,
+            v,
+            _PHASE_ROUNDS if accelerated else _PHASE_ROUNDS_CPU,
+            unroll=unroll,
         )
     else:
         phase_count = bf_rounds = zero
@@ -245,13 +255,13 @@ def _resolve(strategy: str, rows: int, cols: int) -> str:
         return strategy
     if _on_accelerator():
         return "phases"
-    # On CPU a Bellman-Ford round costs about ten light steps; it pays where paths are many
-    # and long (measured: 1x1000x1000 and 4x300x300 took half the time of light steps).
+    # On CPU a Bellman-Ford round costs tens of light steps; it pays where paths are many and
+    # long (measured with JAX: 2x200x200 0.8x, 4x300x300 0.6x, 1x1000x1000 0.3-0.5x the time).
     return "phases" if rows >= _CPU_PHASES_ROWS and 2 * rows > cols else "steps"
 
 
 _STEPS_AUCTION_ROUNDS = 4
-_CPU_PHASES_ROWS = 256
+_CPU_PHASES_ROWS = 200
 
 
 _ASSIGN: dict[str, Callable[..., Tensor]] = {
