@@ -8,6 +8,7 @@ host-side matcher must. Prints a markdown table of medians and ratios.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -19,10 +20,25 @@ import keras
 import numpy as np
 import optax
 import scipy.optimize
+from common import parse_case, solver_input
 
 from hungarian_loss import HungarianLoss, linear_sum_assignment
 
-SHAPES = [(64, 100, 300), (32, 10, 10), (32, 20, 100), (8, 100, 300), (16, 100, 100)]
+# The solver issue's GPU cases, the masked DETR case, the square series and the long paths.
+CASES = [
+    "32x10x10",
+    "32x20x100",
+    "8x100x300",
+    "16x100x100",
+    "64x100x300",
+    "4x300x300",
+    "1x1000x1000",
+    "detr:48x64x300",
+    "16x30x30",
+    "16x400x400",
+    "mixij:16x400x400",
+    "ij:1x600x600",
+]
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -34,42 +50,80 @@ def median_ms(fn, repeats: int) -> float:
     return 1e3 * float(np.median(times))
 
 
-def solver_rows(repeats: int) -> list[dict]:
-    ours = jax.jit(linear_sum_assignment)
+def split(x):
+    return x if isinstance(x, tuple) else (x, None)
+
+
+def scipy_columns(cost: np.ndarray, row_mask) -> np.ndarray:
+    """SciPy per sample (its real rows), as `[B, M]` columns with -1."""
+    columns = np.full(cost.shape[:2], -1, dtype=np.int32)
+    for b, matrix in enumerate(cost):
+        real = np.arange(cost.shape[1]) if row_mask is None else np.flatnonzero(row_mask[b])
+        r, c = scipy.optimize.linear_sum_assignment(matrix[real])
+        columns[b, real[r]] = c
+    return columns
+
+
+def solver_rows(repeats: int, cases: list[str]) -> list[dict]:
+    from hungarian_loss import assignment
+
+    solvers = {
+        name: jax.jit(functools.partial(linear_sum_assignment, strategy=name))
+        for name in ("auto", "steps", "phases")
+    }
     theirs = jax.jit(jax.vmap(optax.assignment.hungarian_algorithm))
     rng = np.random.default_rng(0)
     rows = []
-    for shape in SHAPES:
-        host = rng.uniform(size=shape).astype("float32")
+    for case in cases:
+        kind, batch, m, n = parse_case(case)
+        host, host_mask = split(solver_input(rng, case))
         cost = jax.device_put(host)
-        start = time.perf_counter()
-        result = np.asarray(ours(cost))
-        compile_s = time.perf_counter() - start
-        for b in range(shape[0]):  # exact: same total as SciPy
-            r, c = scipy.optimize.linear_sum_assignment(host[b])
-            ok = result[b] >= 0
-            total = host[b][np.flatnonzero(ok), result[b][ok]].sum()
-            assert abs(total - host[b][r, c].sum()) < 1e-4, (shape, b)
-        jax.block_until_ready(theirs(cost))
+        mask = None if host_mask is None else jax.device_put(host_mask)
+        compile_s = {}
+        reference = scipy_columns(host, host_mask)
+        for name, solve in solvers.items():
+            start = time.perf_counter()
+            result = np.asarray(solve(cost, mask))
+            compile_s[name] = time.perf_counter() - start
+            for b in range(batch):  # exact: same total and count as SciPy
+                ok, ref = result[b] >= 0, reference[b] >= 0
+                total = host[b][np.flatnonzero(ok), result[b][ok]].astype("float64").sum()
+                expected = host[b][np.flatnonzero(ref), reference[b][ref]].astype("float64").sum()
+                assert ok.sum() == ref.sum(), (case, name, b)
+                assert abs(total - expected) <= 1e-5 * max(1.0, abs(expected)), (case, name, b)
+        strategy = assignment._resolve("auto", min(m, n), max(m, n))
+        full_mask = np.ones((batch, m), bool) if host_mask is None else host_mask
+        _, steps = jax.jit(functools.partial(assignment._assign_with_steps, strategy=strategy))(
+            cost, full_mask, np.ones((batch, n), bool)
+        )
+        runs = {
+            name: functools.partial(lambda s, c, k: np.asarray(s(c, k)), solve, cost, mask)
+            for name, solve in solvers.items()
+        }
 
-        def run_ours(cost=cost) -> None:
-            np.asarray(ours(cost))
-
-        def run_scipy(cost=cost) -> None:
+        def run_scipy(cost=cost, host_mask=host_mask) -> None:
             on_host = np.asarray(cost)  # the device-to-host copy a host matcher needs
-            for matrix in on_host:
-                scipy.optimize.linear_sum_assignment(matrix)
+            scipy_columns(on_host, host_mask)
 
-        def run_optax(cost=cost) -> None:
+        runs["scipy"] = run_scipy
+        if kind != "detr":  # optax takes no masks
             jax.block_until_ready(theirs(cost))
-
-        t = {"ours": [], "scipy": [], "optax": []}
+            runs["optax"] = functools.partial(lambda c: jax.block_until_ready(theirs(c)), cost)
+        t = {k: [] for k in runs}
         for _ in range(repeats):  # interleaved
-            t["ours"].append(median_ms(run_ours, 3))
-            t["scipy"].append(median_ms(run_scipy, 3))
-            t["optax"].append(median_ms(run_optax, 3))
+            for k, run in runs.items():
+                t[k].append(median_ms(run, 3))
         med = {k: float(np.median(v)) for k, v in t.items()}
-        rows.append({"shape": shape, "compile_s": compile_s, **med})
+        rows.append(
+            {
+                "case": case,
+                "compile_s": compile_s,
+                "strategy": strategy,
+                "loop_steps": np.asarray(steps).tolist(),
+                **med,
+            }
+        )
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -118,18 +172,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--cases", default=",".join(CASES), help="[KIND:]BxMxN,...")
     args = parser.parse_args()
     print("devices:", jax.devices())
-    rows = solver_rows(args.repeats)
+    rows = solver_rows(args.repeats, args.cases.split(","))
     train = train_rows(args.repeats)
     print(
-        "\n| (B, M, N) | ours ms | SciPy+copy ms | optax ms | ours/SciPy | ours/optax | compile s |"
+        "\n| case | ours (auto) ms | steps ms | phases ms | SciPy+copy ms | optax ms | "
+        "ours/SciPy | ours/optax | compile s (auto) | loop steps [auction, phases, BF, light] |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        optax_ms = r.get("optax")
+        optax_cell = "n/a" if optax_ms is None else f"{optax_ms:.3f}"
+        optax_ratio = "n/a" if optax_ms is None else f"{r['auto'] / optax_ms:.2f}"
         print(
-            f"| {r['shape']} | {r['ours']:.3f} | {r['scipy']:.3f} | {r['optax']:.3f} | "
-            f"{r['ours'] / r['scipy']:.2f} | {r['ours'] / r['optax']:.2f} | {r['compile_s']:.1f} |"
+            f"| {r['case']} | {r['auto']:.3f} | {r['steps']:.3f} | {r['phases']:.3f} | "
+            f"{r['scipy']:.3f} | {optax_cell} | {r['auto'] / r['scipy']:.2f} | {optax_ratio} | "
+            f"{r['compile_s']['auto']:.1f} | {r['strategy']} {r['loop_steps']} |"
         )
     ratio = train["hungarian"] / train["ordered_l1"]
     print(
