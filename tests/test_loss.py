@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 import scipy.optimize
-from helpers import gradient, jit
+from helpers import compiled, gradient, jit
 
 from hungarian_loss import HungarianLoss, hungarian_loss
 
@@ -174,6 +174,81 @@ def test_float16_inputs_give_float32_loss() -> None:
     assert float(value) == pytest.approx(UPSTREAM_LOSS, abs=1e-2)
 
 
+# ----- several prediction sets, one-to-many matching ------------------------------------------
+
+
+def reference_one_to_many(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    """Per-sample loss with every real target repeated k times (Euclidean cost), by SciPy."""
+    out = []
+    for t, p in zip(y_true.astype("float64"), y_pred.astype("float64"), strict=True):
+        t = np.repeat(t[~np.all(t == -1.0, axis=1)], k, axis=0)
+        cost = np.linalg.norm(t[:, None, :] - p[None, :, :], axis=-1)
+        rows, cols = scipy.optimize.linear_sum_assignment(cost)
+        out.append(cost[rows, cols].mean() if len(rows) else 0.0)
+    return np.array(out)
+
+
+def test_sets_equal_the_mean_of_separate_calls_in_one_solver_call() -> None:
+    rng = np.random.default_rng(5)
+    y_true = random_targets(rng, 5, 4)
+    y_pred = rng.uniform(size=(5, 3, 6, 4)).astype("float32")  # [B, S, N, D]
+    loss = HungarianLoss(reduction="none")
+    separate = np.stack([np.asarray(loss(y_true, y_pred[:, s])) for s in range(3)], axis=1)
+    together = compiled(lambda t, p: loss(t, p), y_true, y_pred)  # unknown batch size on TF
+    assert together.shape == (5,)
+    np.testing.assert_allclose(together, separate.mean(axis=1), rtol=0, atol=1e-6)
+    reference = np.mean([reference_per_sample(y_true, y_pred[:, s]) for s in range(3)], axis=0)
+    np.testing.assert_allclose(together, reference, rtol=1e-5, atol=1e-6)
+    indices = np.asarray(loss.match(y_true, y_pred))
+    assert indices.shape == (5, 3, 4)
+    for s in range(3):
+        np.testing.assert_array_equal(indices[:, s], np.asarray(loss.match(y_true, y_pred[:, s])))
+    weighted = HungarianLoss(reduction="none", set_weights=[1.0, 0.0, 3.0])
+    np.testing.assert_allclose(
+        np.asarray(weighted(y_true, y_pred)),
+        (separate[:, 0] + 3.0 * separate[:, 2]) / 4.0,
+        rtol=0,
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="one weight per prediction set"):
+        HungarianLoss(set_weights=[1.0, 2.0])(y_true, y_pred)
+    with pytest.raises(ValueError, match="rank 4"):
+        HungarianLoss(set_weights=[1.0, 2.0])(y_true, y_pred[:, 0])
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_one_to_many_matches_each_target_k_times(k: int) -> None:
+    # 3 real targets at most, 6 predictions: M * k <= N for k = 1, 2; M * k > N for k = 3.
+    rng = np.random.default_rng(6)
+    y_true = random_targets(rng, 6, 3)
+    y_true[1] = rng.uniform(size=(3, 4))  # one sample with all three targets
+    y_pred = rng.uniform(size=(6, 6, 4)).astype("float32")
+    loss = HungarianLoss(reduction="none", matches_per_target=k)
+    ours = np.asarray(loss(y_true, y_pred))
+    np.testing.assert_allclose(ours, reference_one_to_many(y_true, y_pred, k), rtol=1e-5, atol=1e-6)
+    indices = np.asarray(loss.match(y_true, y_pred))
+    assert indices.shape == ((6, 3) if k == 1 else (6, 3, k))
+    indices = indices.reshape(6, -1)
+    for b in range(6):
+        matched = indices[b][indices[b] >= 0]
+        assert len(np.unique(matched)) == len(matched)  # k distinct predictions per target
+        real = int(np.sum(~np.all(y_true[b] == -1.0, axis=1)))
+        assert len(matched) == min(real * k, 6)
+    if k == 1:
+        np.testing.assert_array_equal(
+            ours, np.asarray(HungarianLoss(reduction="none")(y_true, y_pred))
+        )
+    # Combined with sets: the mean over sets of the one-to-many losses.
+    sets = np.stack([y_pred, y_pred[:, ::-1] ** 2], axis=1)  # [B, 2, N, D]
+    np.testing.assert_allclose(
+        np.asarray(loss(y_true, sets)),
+        (ours + np.asarray(loss(y_true, sets[:, 1]))) / 2,
+        rtol=0,
+        atol=1e-6,
+    )
+    assert np.asarray(loss.match(y_true, sets)).shape == ((6, 2, 3) if k == 1 else (6, 2, 3, k))
+
+
 # ----- errors ----------------------------------------------------------------------------------
 
 
@@ -186,6 +261,11 @@ def test_float16_inputs_give_float32_loss() -> None:
         ({"box_format": "xyz"}, "xyz"),
         ({"reduction": "average"}, "reduction"),
         ({"padding_value": "pad"}, "padding_value"),
+        ({"matches_per_target": 0}, "matches_per_target"),
+        ({"matches_per_target": 1.5}, "matches_per_target"),
+        ({"set_weights": []}, "set_weights"),
+        ({"set_weights": [1.0, -1.0]}, "set_weights"),
+        ({"set_weights": [0.0, 0.0]}, "set_weights"),
     ],
 )
 def test_bad_arguments_raise_at_construction(kwargs: dict, match: str) -> None:
@@ -198,7 +278,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="y_true` of rank 3"):
         loss(Y_TRUE[0], Y_PRED)
     with pytest.raises(ValueError, match="y_pred` of rank 3"):
-        loss(Y_TRUE, Y_PRED[..., None])
+        loss(Y_TRUE, Y_PRED[..., None, None])  # rank 4 is sets of predictions, 5 is wrong
     with pytest.raises(ValueError, match="batch size"):
         loss(np.concatenate([Y_TRUE, Y_TRUE]), Y_PRED)
     with pytest.raises(ValueError, match="y_pred"):
@@ -217,12 +297,16 @@ def test_bad_inputs_raise_clear_errors() -> None:
         {"cost": "giou", "box_format": "center_xywh", "padding_value": None},
         {"cost": {"l1": 5.0, "giou": 2.0}, "reduction": "sum", "name": "detr_boxes"},
         {"cost": "squared_l2", "padding_value": 0.0, "dtype": "float64"},
+        {"matches_per_target": 3, "set_weights": [0.5, 1.0]},
     ],
 )
 def test_config_round_trip(kwargs: dict) -> None:
     loss = HungarianLoss(**kwargs)
     config = loss.get_config()
-    assert set(config) == {"name", "reduction", "dtype", "cost", "box_format", "padding_value"}
+    assert set(config) == {
+        "name", "reduction", "dtype", "cost", "box_format", "padding_value",
+        "matches_per_target", "set_weights",
+    }  # fmt: skip
     clone = HungarianLoss.from_config(config)
     assert clone.get_config() == config
     revived = keras.saving.deserialize_keras_object(
@@ -233,6 +317,8 @@ def test_config_round_trip(kwargs: dict) -> None:
     rng = np.random.default_rng(4)
     y_true = random_targets(rng, 4, 3)
     y_pred = rng.uniform(size=(4, 4, 4)).astype("float32")
+    if loss.set_weights is not None:  # two sets of predictions
+        y_pred = np.stack([y_pred, y_pred[:, ::-1] ** 2], axis=1)
     np.testing.assert_allclose(
         np.asarray(revived(y_true, y_pred)), np.asarray(loss(y_true, y_pred)), rtol=1e-6
     )

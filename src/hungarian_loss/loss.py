@@ -7,7 +7,8 @@ loss is the mean of the cost over the matched pairs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -45,6 +46,17 @@ class HungarianLoss(keras.losses.Loss):
     targets has loss 0 and zero gradient. A NaN cost between a prediction and a target
     makes the sample's loss NaN (so `keras.callbacks.TerminateOnNaN` sees it).
 
+    Several prediction sets: `y_pred [B, S, N, D]` holds S sets of N predictions per
+    sample (the outputs of S decoder layers, or S query groups). Each set is matched to
+    the same targets `y_true [B, M, D]`, all `B * S` problems in one solver call, and
+    the sample's loss is the mean of the S set losses (weighted by `set_weights` if
+    given). Rank-3 `y_pred` is one set.
+
+    One-to-many: with `matches_per_target=k`, every real target is repeated k times in
+    its problem, so that it takes k distinct predictions (as in H-DETR's one-to-many
+    branch); the loss is the mean over all matched pairs. If `k * M` exceeds N, the
+    N predictions are all matched and the leftover copies are not.
+
     Extension points for subclasses:
 
     - `pairwise_cost(y_true, y_pred) -> [B, M, N]`: the cost used to match and, by
@@ -54,6 +66,10 @@ class HungarianLoss(keras.losses.Loss):
       `matched_cost` (a cost on the matched pairs, with gradients), `gather_matched`
       and `unmatched_predictions` to add a classification term and a "no object"
       term, as in DETR.
+
+    Both see one matching problem per row: with sets, `B * S` rows (the targets tiled
+    per set); with `matches_per_target=k`, `M * k` targets per row (each repeated k
+    times).
 
     Args:
         cost: The pairwise cost: a name (`"l2"`, `"l1"`, `"squared_l2"`, `"iou"`,
@@ -66,6 +82,11 @@ class HungarianLoss(keras.losses.Loss):
             `"center_xywh"` or `"center_yxhw"` (Keras's names).
         padding_value: Value that fills padding target rows, or `None` when every
             row is a target.
+        matches_per_target: k, the number of predictions each real target is
+            matched to (one-to-many matching); 1 (the default) is one-to-one.
+        set_weights: With `y_pred [B, S, N, D]`, one weight (>= 0) per set: the
+            sample's loss is `sum_s w_s * loss_s / sum_s w_s`. `None` (the default)
+            weights the sets equally.
         reduction: Keras reduction: `"sum_over_batch_size"` (default), `"sum"`,
             `"mean"`, `"mean_with_sample_weight"`, `"none"` or `None`.
         name: Name of the loss.
@@ -73,8 +94,9 @@ class HungarianLoss(keras.losses.Loss):
             Under a `mixed_float16` policy the loss still computes in float32.
 
     Raises:
-        ValueError: for an unknown cost or box format, invalid weights, or an invalid
-            reduction; at trace time for inputs of the wrong rank or sizes.
+        ValueError: for an unknown cost or box format, invalid weights, an invalid
+            `matches_per_target` or `set_weights`, or an invalid reduction; at trace
+            time for inputs of the wrong rank or sizes.
 
     Examples:
         The upstream worked example: two true and two predicted boxes.
@@ -98,6 +120,12 @@ class HungarianLoss(keras.losses.Loss):
         0.0000
         >>> np.asarray(detr.match(y_true, y_pred)).tolist()
         [[1, -1]]
+
+        Two prediction sets (say, two decoder layers): `[B, S, N, D]`, one solver call.
+
+        >>> y_sets = np.stack([y_pred, y_pred[:, ::-1]], axis=1)  # [1, 2, 2, 4]
+        >>> np.asarray(detr.match(y_true, y_sets)).tolist()
+        [[[1, -1], [0, -1]]]
     """
 
     def __init__(
@@ -105,6 +133,8 @@ class HungarianLoss(keras.losses.Loss):
         cost: Any = "l2",
         box_format: str = "xyxy",
         padding_value: float | None = -1.0,
+        matches_per_target: int = 1,
+        set_weights: Sequence[float] | None = None,
         reduction: str | None = "sum_over_batch_size",
         name: str = "hungarian_loss",
         dtype: Any = None,
@@ -119,6 +149,17 @@ class HungarianLoss(keras.losses.Loss):
                 f"Received: padding_value={padding_value!r}"
             )
         self.padding_value = None if padding_value is None else float(padding_value)
+        if (
+            not isinstance(matches_per_target, int)
+            or isinstance(matches_per_target, bool)
+            or matches_per_target < 1
+        ):
+            raise ValueError(
+                "Expected `matches_per_target` to be an int >= 1. "
+                f"Received: matches_per_target={matches_per_target!r}"
+            )
+        self.matches_per_target = matches_per_target
+        self.set_weights = _standardize_set_weights(set_weights)
 
     # ----- extension points ------------------------------------------------------------------
 
@@ -244,42 +285,111 @@ class HungarianLoss(keras.losses.Loss):
 
         Args:
             y_true: Targets `[B, M, D]`, padding rows filled with `padding_value`.
-            y_pred: Predictions `[B, N, D]`.
+            y_pred: Predictions `[B, N, D]`, or S sets of them, `[B, S, N, D]`.
 
         Returns:
-            int32 tensor `[B, M]`: -1 for padding targets (and for targets left over
-            when there are fewer predictions than targets).
+            int32 tensor `[B, M]` (`[B, S, M]` with sets): -1 for padding targets (and
+            for targets left over when there are fewer predictions than targets).
+            With `matches_per_target=k > 1`, a last axis of size k: `[B, M, k]` or
+            `[B, S, M, k]`, the k predictions of each target.
         """
         y_true, y_pred = self._prepare(y_true, y_pred)
+        y_true, y_pred, num_sets = self._flatten_sets(y_true, y_pred)
+        num_targets = y_true.shape[1]
         target_mask = self.target_mask(y_true)
         cost = self.pairwise_cost(ops.stop_gradient(y_true), ops.stop_gradient(y_pred))
-        return linear_sum_assignment(cost, row_mask=target_mask)
+        _, target_mask, cost = self._repeat_targets(y_true, target_mask, cost)
+        indices = linear_sum_assignment(cost, row_mask=target_mask)  # [B * S, M * k]
+        if self.matches_per_target > 1:
+            indices = ops.reshape(indices, (-1, num_targets, self.matches_per_target))
+        if num_sets is not None:
+            indices = ops.reshape(indices, (-1, num_sets, *indices.shape[1:]))
+        return indices
 
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         """Per-sample loss `[B]`."""
         y_true, y_pred = self._prepare(y_true, y_pred)
+        # S sets of predictions: B * S problems, one solver call; rows below are problems.
+        y_true, y_pred, num_sets = self._flatten_sets(y_true, y_pred)
         target_mask = self.target_mask(y_true)  # [B, M]
         # The matching needs no gradient: the loss recomputes the cost of matched pairs.
         fixed = self.pairwise_cost(ops.stop_gradient(y_true), ops.stop_gradient(y_pred))
+        y_true, target_mask, fixed = self._repeat_targets(y_true, target_mask, fixed)
         indices = linear_sum_assignment(fixed, row_mask=target_mask)  # [B, M]
         loss = self.matched_loss(y_true, y_pred, indices, target_mask)  # [B]
         # A NaN cost on a real target means broken predictions: say so with a NaN loss.
         broken = ops.any(ops.logical_and(ops.isnan(fixed), target_mask[:, :, None]), axis=(1, 2))
-        return ops.where(broken, ops.cast(float("nan"), loss.dtype), loss)
+        loss = ops.where(broken, ops.cast(float("nan"), loss.dtype), loss)
+        return self._reduce_sets(loss, num_sets)
+
+    # ----- several prediction sets and one-to-many matching ----------------------------------
+
+    def _flatten_sets(self, y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor, int | None]:
+        """`y_pred [B, S, N, D]` -> `[B * S, N, D]`, `y_true` tiled to `[B * S, M, D]`.
+
+        Returns the two tensors and S (`None`, and the tensors unchanged, for rank 3).
+        Row `b * S + s` is set s of sample b.
+        """
+        if len(y_pred.shape) == 3:
+            if self.set_weights is not None and len(self.set_weights) != 1:
+                raise ValueError(
+                    "Expected `y_pred` of rank 4 ([batch, sets, items, features]) with "
+                    f"set_weights={list(self.set_weights)}. "
+                    f"Received: y_pred.shape={tuple(y_pred.shape)}"
+                )
+            return y_true, y_pred, None
+        num_sets = y_pred.shape[1]
+        if self.set_weights is not None and len(self.set_weights) != num_sets:
+            raise ValueError(
+                f"Expected one weight per prediction set in `set_weights` ({num_sets} sets). "
+                f"Received: set_weights={list(self.set_weights)}, "
+                f"y_pred.shape={tuple(y_pred.shape)}"
+            )
+        y_pred = ops.reshape(y_pred, (-1, *y_pred.shape[2:]))  # [B * S, N, D]
+        y_true = ops.repeat(y_true, num_sets, axis=0)  # [B * S, M, D]
+        return y_true, y_pred, num_sets
+
+    def _repeat_targets(
+        self, y_true: Tensor, target_mask: Tensor, cost: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Each target repeated `matches_per_target` (k) times: rows `i * k ... i * k + k - 1`.
+
+        Returns `y_true [B, M * k, D]`, `target_mask [B, M * k]`, `cost [B, M * k, N]`.
+        """
+        k = self.matches_per_target
+        if k == 1:
+            return y_true, target_mask, cost
+        return (
+            ops.repeat(y_true, k, axis=1),
+            ops.repeat(target_mask, k, axis=1),
+            ops.repeat(cost, k, axis=1),
+        )
+
+    def _reduce_sets(self, loss: Tensor, num_sets: int | None) -> Tensor:
+        """Per-problem loss `[B * S]` -> per-sample `[B]`, the (weighted) mean over sets."""
+        if num_sets is None:
+            return loss
+        per_set = ops.reshape(loss, (-1, num_sets))  # [B, S]
+        if self.set_weights is None:
+            return ops.mean(per_set, axis=1)
+        total = sum(self.set_weights)
+        weights = ops.convert_to_tensor([w / total for w in self.set_weights], per_set.dtype)
+        return ops.sum(per_set * weights[None, :], axis=1)
 
     def _prepare(self, y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor]:
         y_pred = ops.convert_to_tensor(y_pred)
         y_true = ops.cast(ops.convert_to_tensor(y_true), y_pred.dtype)
         for arg, tensor in (("y_true", y_true), ("y_pred", y_pred)):
             shape = tuple(tensor.shape)
-            if len(shape) != 3:
+            if len(shape) != 3 and not (arg == "y_pred" and len(shape) == 4):
                 raise ValueError(
-                    f"Expected `{arg}` of rank 3 ([batch, items, features]). "
-                    f"Received: {arg}.shape={shape}"
+                    f"Expected `{arg}` of rank 3 ([batch, items, features])"
+                    + (" or 4 ([batch, sets, items, features])" if arg == "y_pred" else "")
+                    + f". Received: {arg}.shape={shape}"
                 )
-            if shape[1] is None:
+            if any(size is None for size in shape[1:]):
                 raise ValueError(
-                    f"Expected the number of items of `{arg}` (axis 1) to be known when "
+                    f"Expected the sizes of `{arg}` after the batch axis to be known when "
                     f"the graph is traced. Received: {arg}.shape={shape}"
                 )
         batch_true, batch_pred = y_true.shape[0], y_pred.shape[0]
@@ -298,10 +408,32 @@ class HungarianLoss(keras.losses.Loss):
                 "cost": serialize_cost(self.cost),
                 "box_format": self.box_format,
                 "padding_value": self.padding_value,
+                "matches_per_target": self.matches_per_target,
+                "set_weights": None if self.set_weights is None else list(self.set_weights),
                 "dtype": self._dtype_policy.name,
             }
         )
         return config
+
+
+def _standardize_set_weights(set_weights: Any) -> tuple[float, ...] | None:
+    """`set_weights` as a tuple of floats, or `None`; raises unless valid."""
+    if set_weights is None:
+        return None
+    try:
+        weights = tuple(set_weights)
+    except TypeError:
+        weights = ()
+    valid = bool(weights) and all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+        for w in weights
+    )
+    if not valid or sum(weights) <= 0:
+        raise ValueError(
+            "Expected `set_weights` to be None or a non-empty sequence of finite numbers "
+            f">= 0, not all 0. Received: set_weights={set_weights!r}"
+        )
+    return tuple(float(w) for w in weights)
 
 
 _DEFAULT_LOSS = HungarianLoss()
