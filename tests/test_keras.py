@@ -1,5 +1,5 @@
 """End to end with Keras: compile and fit, set prediction, saving and export, distribution,
-mixed precision, XLA, and the DETR example subclass (`detr_example.py`).
+mixed precision and XLA (DETRLoss has its own module, `test_detr.py`).
 
 XLA compiles are slow on small CI machines, so the models are tiny, the shapes few, and the
 tests that need a fresh process (reloading, several devices) run this file as a script:
@@ -21,7 +21,6 @@ import keras
 import numpy as np
 import pytest
 import scipy.optimize
-import scipy.special
 from helpers import BACKEND, jit
 from keras import ops
 
@@ -29,7 +28,6 @@ from hungarian_loss import HungarianLoss, hungarian_loss
 
 MAX_TARGETS = 3  # M: targets per sample, padded with rows of -1
 NUM_PREDICTIONS = 4  # N
-NUM_CLASSES = 3  # K, for the DETR example
 DETR_BOX_COST = {"l1": 5.0, "giou": 2.0}
 RESULT_PREFIX = "RESULT "
 
@@ -73,21 +71,6 @@ def box_model(num_features: int = MAX_TARGETS * 4, hidden: int = 128) -> keras.M
     hidden_layer = keras.layers.Dense(hidden, activation="relu")(inputs)
     boxes = keras.layers.Dense(NUM_PREDICTIONS * 4, activation="sigmoid")(hidden_layer)
     return keras.Model(inputs, keras.layers.Reshape((NUM_PREDICTIONS, 4))(boxes))
-
-
-def detr_model(num_features: int, hidden: int = 64) -> keras.Model:
-    """Features -> N items `[box (4, sigmoid), K + 1 logits]`: `[B, N, 4 + K + 1]`."""
-    inputs = keras.Input((num_features,))
-    hidden_layer = keras.layers.Dense(hidden, activation="relu")(inputs)
-    boxes = keras.layers.Dense(NUM_PREDICTIONS * 4, activation="sigmoid")(hidden_layer)
-    logits = keras.layers.Dense(NUM_PREDICTIONS * (NUM_CLASSES + 1))(hidden_layer)
-    items = keras.layers.Concatenate(axis=-1)(
-        [
-            keras.layers.Reshape((NUM_PREDICTIONS, 4))(boxes),
-            keras.layers.Reshape((NUM_PREDICTIONS, NUM_CLASSES + 1))(logits),
-        ]
-    )
-    return keras.Model(inputs, items)
 
 
 def order_bound_l1(y_true: Any, y_pred: Any) -> Any:
@@ -144,29 +127,6 @@ def reference_detr_box_loss(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarra
         cost = 5.0 * l1 + 2.0 * numpy_giou_cost(targets, predictions)
         rows, cols = scipy.optimize.linear_sum_assignment(cost)
         out.append(cost[rows, cols].mean() if len(rows) else 0.0)
-    return np.array(out)
-
-
-def reference_detr_loss(y_true: np.ndarray, y_pred: np.ndarray, eos_coef: float) -> np.ndarray:
-    """Per-sample DETR loss (class 1, L1 5, GIoU 2 in the matching and the loss), by SciPy."""
-    out = []
-    for targets, predictions in zip(
-        y_true.astype("float64"), y_pred.astype("float64"), strict=True
-    ):
-        targets = real_rows(targets)
-        classes = targets[:, 4].astype(int)
-        logits = predictions[:, 4:]
-        log_probs = logits - scipy.special.logsumexp(logits, axis=-1, keepdims=True)  # [N, K + 1]
-        l1 = np.abs(targets[:, None, :4] - predictions[None, :, :4]).sum(-1)  # [M, N]
-        box_cost = 5.0 * l1 + 2.0 * numpy_giou_cost(targets[:, :4], predictions[:, :4])
-        class_cost = -np.exp(log_probs[:, classes]).T  # [M, N]
-        rows, cols = scipy.optimize.linear_sum_assignment(class_cost + box_cost)
-        box_loss = box_cost[rows, cols].mean() if len(rows) else 0.0
-        unmatched = np.setdiff1d(np.arange(len(predictions)), cols)
-        class_sum = (
-            -log_probs[cols, classes[rows]].sum() - eos_coef * log_probs[unmatched, -1].sum()
-        )
-        out.append(box_loss + class_sum / (len(cols) + eos_coef * len(unmatched)))
     return np.array(out)
 
 
@@ -287,7 +247,6 @@ def _worker_reload(model_path: str, export_dir: str, data_path: str) -> dict[str
     exported = tf.saved_model.load(export_dir)  # keep a reference: `serve` uses its variables
     served = exported.serve(tf.constant(data["x"]))
     return {
-        "examples_imported": "detr_example" in sys.modules,  # only the package is needed
         "loss_class": f"{type(model.loss).__module__}.{type(model.loss).__qualname__}",
         "loss_config": model.loss.get_config(),
         "loss": model.evaluate(data["x"], data["y"], batch_size=64, verbose=0),
@@ -311,7 +270,6 @@ def test_keras_file_reloads_in_a_fresh_process_and_export_serves(
         "reload", tmp_path / "model.keras", tmp_path / "exported", tmp_path / "data.npz"
     )
 
-    assert not result["examples_imported"]
     assert result["loss_class"] == "hungarian_loss.loss.HungarianLoss"
     config = model.loss.get_config()
     assert config["cost"] == DETR_BOX_COST and config["box_format"] == "center_xywh"
@@ -415,79 +373,7 @@ def test_mixed_float16_trains_with_a_float32_loss() -> None:
     assert history[-1] < history[0]
 
 
-# ----- 6. the DETR example subclass -----------------------------------------------------------
-
-
-def detr_loss_class() -> type:
-    """`detr_example.DETRLoss`, imported here so that the reload worker imports only the package."""
-    from detr_example import DETRLoss
-
-    return DETRLoss
-
-
-def test_detr_example_matches_a_scipy_reference() -> None:
-    rng = np.random.default_rng(5)
-    _, y_true = make_boxes(6, seed=5, num_classes=NUM_CLASSES)
-    y_true[0] = -1.0  # a sample without objects: only the "no object" term
-    boxes = rng.uniform(0.1, 0.9, size=(6, NUM_PREDICTIONS, 2))
-    sizes = rng.uniform(0.05, 0.3, size=(6, NUM_PREDICTIONS, 2))
-    logits = rng.normal(size=(6, NUM_PREDICTIONS, NUM_CLASSES + 1))
-    y_pred = np.concatenate([boxes, sizes, logits], axis=-1).astype("float32")
-    loss = detr_loss_class()(eos_coef=0.25, reduction="none")
-    ours = np.asarray(loss_value(loss, y_true, y_pred))
-    np.testing.assert_allclose(ours, reference_detr_loss(y_true, y_pred, 0.25), rtol=1e-5)
-
-
-def test_detr_example_config_round_trip() -> None:
-    detr_loss = detr_loss_class()
-    loss = detr_loss(
-        class_weight=2.0, l1_weight=4.0, giou_weight=1.0, eos_coef=0.2, box_format="xyxy",
-        padding_value=None, reduction="sum", name="detr", dtype="float64",
-    )  # fmt: skip
-    config = loss.get_config()
-    assert config == {
-        "name": "detr",
-        "reduction": "sum",
-        "dtype": "float64",
-        "box_format": "xyxy",
-        "padding_value": None,
-        "class_weight": 2.0,
-        "l1_weight": 4.0,
-        "giou_weight": 1.0,
-        "eos_coef": 0.2,
-    }
-    assert detr_loss.from_config(config).get_config() == config
-    serialized = as_json(keras.saving.serialize_keras_object(loss))
-    assert serialized["registered_name"] == "hungarian_loss_examples>DETRLoss"
-    assert keras.saving.deserialize_keras_object(serialized).get_config() == config
-    with pytest.raises(ValueError, match="eos_coef"):
-        detr_loss(eos_coef=-0.1)
-    with pytest.raises(ValueError, match="giou_weight"):
-        detr_loss(giou_weight=-1.0)
-    with pytest.raises(ValueError, match="weight"):
-        detr_loss(class_weight=0.0, l1_weight=0.0, giou_weight=0.0)
-
-
-def test_detr_example_trains_and_round_trips_through_keras_file(tmp_path: Path) -> None:
-    x, y = make_boxes(256, seed=6, num_classes=NUM_CLASSES)
-    keras.utils.set_random_seed(0)
-    model = detr_model(x.shape[1])
-    model.compile(keras.optimizers.Adam(0.01), detr_loss_class()())
-    history = model.fit(x, y, batch_size=32, epochs=8, verbose=0).history["loss"]
-    assert history[-1] < 0.7 * history[0], history
-
-    model.save(tmp_path / "detr.keras")
-    loaded = keras.saving.load_model(tmp_path / "detr.keras")
-    assert type(loaded.loss).__name__ == "DETRLoss"
-    assert loaded.loss.get_config() == model.loss.get_config()
-    x_eval, y_eval = x[:64], y[:64]
-    expected = model.evaluate(x_eval, y_eval, batch_size=64, verbose=0)
-    assert loaded.evaluate(x_eval, y_eval, batch_size=64, verbose=0) == pytest.approx(
-        expected, rel=1e-6
-    )
-
-
-# ----- 7. XLA ---------------------------------------------------------------------------------
+# ----- 6. XLA ---------------------------------------------------------------------------------
 
 
 def test_jit_compile_true() -> None:

@@ -1,15 +1,18 @@
 """Exact, batched Hungarian matching and set-prediction losses for Keras 3.
 
-The public face: the solver, the loss (class and function), and the costs and box
-utilities as submodules (`hungarian_loss.costs`, `hungarian_loss.boxes`).
+The public face: the solver, the loss (class and function), the DETR criterion, and the
+costs and box utilities as submodules (`hungarian_loss.costs`, `hungarian_loss.boxes`).
 """
 
 from hungarian_loss import boxes, costs
 from hungarian_loss.assignment import linear_sum_assignment
 from hungarian_loss.costs import PairwiseCost, WeightedCost, get_cost, register_cost
+from hungarian_loss.detr import DETRLoss, DETRLossTerm
 from hungarian_loss.loss import HungarianLoss, hungarian_loss
 
 __all__ = [
+    "DETRLoss",
+    "DETRLossTerm",
     "HungarianLoss",
     "PairwiseCost",
     "WeightedCost",
