@@ -18,6 +18,12 @@ LABELS = {
     "hl103_graph": "1.0.3, tf.function",
     "hungarian": "HungarianLoss(l1: 5, giou: 2)",
     "ordered_l1": "order-bound L1 (no matching)",
+    "one_call_tf": "ours, all layers in one call (TF, XLA)",
+    "layer_calls_tf": "ours, one call per layer (TF, XLA)",
+    "host_scipy_tf": "device cost + copy + SciPy per image and layer (TF)",
+    "one_call_jax": "ours, all layers in one call (JAX, jit)",
+    "layer_calls_jax": "ours, one call per layer (JAX, jit)",
+    "host_scipy_jax": "device cost + copy + SciPy per image and layer (JAX)",
 }
 
 # (label, numerator, denominator): medians of the same case.
@@ -33,6 +39,16 @@ LOSS_RATIOS = [
     ("ours XLA / 1.0.3 graph", "ours_xla", "hl103_graph"),
 ]
 TRAIN_RATIOS = [("Hungarian / ordered L1", "hungarian", "ordered_l1")]
+LAYERS_RATIOS = [
+    ("one call / per-layer calls, TF", "one_call_tf", "layer_calls_tf"),
+    ("one call / host SciPy, TF", "one_call_tf", "host_scipy_tf"),
+    ("one call / per-layer calls, JAX", "one_call_jax", "layer_calls_jax"),
+    ("one call / host SciPy, JAX", "one_call_jax", "host_scipy_jax"),
+]
+LAYERS_COLUMNS = [
+    "one_call_tf", "layer_calls_tf", "host_scipy_tf",
+    "one_call_jax", "layer_calls_jax", "host_scipy_jax",
+]  # fmt: skip
 SOLVER_COLUMNS = ["ours_tf", "ours_jax", "scipy_tf", "scipy_jax", "optax"]
 UNAVAILABLE = "unavailable"
 
@@ -363,9 +379,47 @@ def train_lines(group: dict[str, Any], config: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def layers_lines(group: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    spec = config["layers"]
+    lines = [
+        "## DETR matching of every decoder layer: one call, one call per layer, host SciPy",
+        "",
+        f"{spec['batch']} images x {spec['layers']} decoder layers, {spec['queries']} queries, "
+        f"1 to {spec['max_targets']} targets per image (geometric, mean {spec['mean_targets']}; "
+        f"padded with -1 rows), {spec['classes']} classes + no object; "
+        "`DETRLoss().match` (class 1 + L1 5 + GIoU 2). The host loop computes each layer's "
+        "cost on the device, copies it to the host and runs SciPy per image on its real "
+        "targets (Hugging Face's DETR loss).",
+        "",
+    ]
+    results = group["results"]
+    rows = [
+        [LABELS[c], median_cell(results, case, c), seconds(first_call_of(results, case, c))]
+        for case in results
+        for c in LAYERS_COLUMNS
+        if c in results[case]
+    ]
+    lines += table(["contender", "median ms", "first call s (compile)"], rows)
+    for case_ratios in group["ratios"].values():
+        lines += ["", "; ".join(f"{k}: {times(v)}" for k, v in case_ratios.items()) + "."]
+    for name, worker in group["workers"].items():
+        for case, case_info in worker["info"].get("cases", {}).items():
+            check = case_info.get("check", {})
+            if "total_cost_minus_scipy" in check:
+                gaps = ", ".join(
+                    f"{k} {v:+.2e}" for k, v in check["total_cost_minus_scipy"].items()
+                )
+                lines += [
+                    "",
+                    f"{name}, {case}: {check['targets']} targets, matched pairs "
+                    f"{check['matched_pairs']}; total cost minus SciPy's: {gaps}.",
+                ]
+    return [*lines, ""]
+
+
 def unavailable_lines(record: dict[str, Any]) -> list[str]:
     items = []
-    for group in ("solvers", "loss", "train"):
+    for group in ("solvers", "loss", "train", "layers"):
         for name, worker in record.get(group, {}).get("workers", {}).items():
             if worker["error"]:
                 items.append(f"- {name}: {worker['error'].splitlines()[0]}")
@@ -388,6 +442,8 @@ def markdown(record: dict[str, Any]) -> str:
         lines += loss_lines(record["loss"], record["config"])
     if "train" in record:
         lines += train_lines(record["train"], record["config"])
+    if "layers" in record:
+        lines += layers_lines(record["layers"], record["config"])
     lines += unavailable_lines(record)
     return "\n".join(lines)
 

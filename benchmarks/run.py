@@ -12,7 +12,8 @@ interleaved, so that slow phases of a noisy machine hit every contender alike.
 Groups, run one after the other:
 - solvers: ours on TensorFlow (XLA) and on JAX, SciPy's loop, optax under jit + vmap;
 - loss: our `hungarian_loss` against 1.0.3's on the same `[32, 10, 4]` boxes;
-- train: `train_on_batch` of a DETR-like head with `HungarianLoss` against an order-bound L1.
+- train: `train_on_batch` of a DETR-like head with `HungarianLoss` against an order-bound L1;
+- layers: DETR's matching of 6 decoder layers in one call, in 6 calls, and as SciPy's host loop.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ DEFAULT_SHAPES = (
 )
 QUICK_SHAPES = ("32x10x10", "32x20x100")
 LEGACY_REQUIREMENT = "hungarian-loss==1.0.3"
-GROUPS = ("solvers", "loss", "train")
+GROUPS = ("solvers", "loss", "train", "layers")
 VERSIONED = ("tensorflow", "keras", "jax", "jaxlib", "optax", "scipy", "numpy", "matplotlib")
 
 
@@ -146,6 +147,14 @@ def worker_config(args: argparse.Namespace) -> dict[str, Any]:
         "loss_shape": [32, 10],
         "legacy_eager_calls": args.legacy_eager_calls,
         "train": {"batch": 32, "features": 64, "predictions": 100, "targets": 20},
+        "layers": {
+            "batch": 8,
+            "layers": 6,
+            "queries": 300,
+            "max_targets": 50,
+            "mean_targets": 8,
+            "classes": 91,
+        },
     }
 
 
@@ -620,11 +629,20 @@ def run_train(args: argparse.Namespace, config: dict[str, Any], log_dir: Path) -
     return group_record(outcomes, report.TRAIN_RATIOS)
 
 
+def run_layers(args: argparse.Namespace, config: dict[str, Any], log_dir: Path) -> dict:
+    specs = [
+        backend_spec("layers-tensorflow", "worker_layers.py", "tensorflow", args),
+        backend_spec("layers-jax", "worker_layers.py", "jax", args),
+    ]
+    outcomes = run_group("layers", specs, config, schedule(args), log_dir)
+    return group_record(outcomes, report.LAYERS_RATIOS)
+
+
 def schedule(args: argparse.Namespace) -> Schedule:
     return Schedule(args.repeats, args.sample_timeout, args.max_restarts)
 
 
-RUNNERS = {"solvers": run_solvers, "loss": run_loss, "train": run_train}
+RUNNERS = {"solvers": run_solvers, "loss": run_loss, "train": run_train, "layers": run_layers}
 
 
 def main(argv: list[str] | None = None) -> int:
