@@ -135,8 +135,9 @@ class DETRLoss(HungarianLoss):
         [[1, -1]]
         >>> print(f"{float(loss(y_true, y_pred)):.4f}")
         0.0000
-        >>> {name: round(float(value[0]), 4) for name, value in loss.terms(y_true, y_pred).items()}
-        {'class': 0.0, 'l1': 0.0, 'giou': 0.0}
+        >>> terms = loss.terms(y_true, y_pred)  # per sample, unweighted
+        >>> {name: f"{abs(float(value[0])):.4f}" for name, value in terms.items()}
+        {'class': '0.0000', 'l1': '0.0000', 'giou': '0.0000'}
     """
 
     def __init__(
