@@ -7,6 +7,8 @@ loss is the mean of the cost over the matched pairs.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +22,9 @@ from hungarian_loss.costs import get_cost, serialize_cost
 __all__ = ["HungarianLoss", "hungarian_loss"]
 
 Tensor = Any
+
+_INF = float("inf")
+_NAN = float("nan")
 
 
 @keras.saving.register_keras_serializable(package="hungarian_loss")
@@ -42,8 +47,18 @@ class HungarianLoss(keras.losses.Loss):
 
     Padding: a target row whose every value equals `padding_value` is not a target
     (`tf.data`'s `padded_batch(padding_values=-1.0)` makes such rows). A sample without
-    targets has loss 0 and zero gradient. A NaN cost between a prediction and a target
-    makes the sample's loss NaN (so `keras.callbacks.TerminateOnNaN` sees it).
+    targets has loss 0 and zero gradient.
+
+    Failure policy (no silent failures; the full table is in the section "Failure
+    policy" of [How the matching works][failure-policy]):
+
+    - A finite loss has finite gradients.
+    - A target or prediction with a non-finite value is never matched. A sample whose
+      real targets are not all matched although predictions are available (at most
+      `N` of them can be), or that has a real target with `inf`, has loss `inf`; `NaN`
+      in a real target, in a prediction or in a cost of a real target gives `NaN`.
+      So `keras.callbacks.TerminateOnNaN` and NaN guards see broken predictions.
+    - The built-in costs do not overflow where the true value is representable.
 
     Extension points for subclasses:
 
@@ -113,7 +128,9 @@ class HungarianLoss(keras.losses.Loss):
         self.box_format = box_lib.standardize_box_format(box_format)
         self.cost = cost
         self.cost_fn = get_cost(cost, box_format=self.box_format)
-        if padding_value is not None and not isinstance(padding_value, (int, float)):
+        if padding_value is not None and (
+            not isinstance(padding_value, numbers.Real) or isinstance(padding_value, bool)
+        ):
             raise ValueError(
                 "Expected `padding_value` to be a number or None. "
                 f"Received: padding_value={padding_value!r}"
@@ -163,8 +180,9 @@ class HungarianLoss(keras.losses.Loss):
         """
         del target_mask  # `indices` is -1 for padding targets
         pair_cost = self.matched_cost(y_true, y_pred, indices)  # [B, M]
-        count = ops.sum(ops.cast(indices >= 0, pair_cost.dtype), axis=1)  # [B]
-        return ops.sum(pair_cost, axis=1) / ops.maximum(count, 1.0)
+        count = ops.sum(ops.cast(indices >= 0, pair_cost.dtype), axis=1, keepdims=True)  # [B, 1]
+        # Divided before the sum, so that the mean does not overflow where it is finite.
+        return ops.sum(pair_cost / ops.maximum(count, 1.0), axis=1)
 
     # ----- helpers for subclasses ------------------------------------------------------------
 
@@ -177,10 +195,11 @@ class HungarianLoss(keras.losses.Loss):
     ) -> Tensor:
         """The cost of each target with its matched prediction, `[B, M]`, with gradients.
 
-        Computed on the matched pairs only (a pairwise cost of the targets and their
-        matched predictions, `[B, M, M]`, of which the diagonal is kept) when
-        `M <= N`, so the backward pass does not go through the whole `[B, M, N]`
-        matrix.
+        Computed on the matched pairs only, as `B * M` problems of one target and one
+        prediction each, so the backward pass does not go through the whole
+        `[B, M, N]` matrix, and no other pair (say, with an `inf` prediction) can put
+        `NaN` into the gradients. Unmatched targets are computed against zeros in place
+        of both items and give 0 with zero gradient.
 
         Args:
             y_true: Targets `[B, M, D_true]`.
@@ -191,30 +210,40 @@ class HungarianLoss(keras.losses.Loss):
 
         Returns:
             Tensor `[B, M]`, 0 where a target is unmatched.
+
+        Raises:
+            ValueError: if `cost` does not return one value per pair.
         """
         cost = self.pairwise_cost if cost is None else cost
-        num_targets, num_predictions = y_true.shape[1], y_pred.shape[1]
-        if num_targets <= num_predictions:
-            paired = self.gather_matched(y_pred, indices)  # [B, M, D]
-            values = ops.diagonal(cost(y_true, paired), axis1=1, axis2=2)  # [B, M]
-        else:
-            safe = ops.maximum(indices, 0)[:, :, None]  # [B, M, 1]
-            values = ops.take_along_axis(cost(y_true, y_pred), safe, axis=2)[:, :, 0]  # [B, M]
-        return ops.where(indices >= 0, values, ops.zeros_like(values))
+        matched = indices >= 0  # [B, M]
+        if y_true.shape[1] == 0 or y_pred.shape[1] == 0:  # nothing can be matched
+            return ops.zeros_like(ops.cast(indices, y_pred.dtype))  # [B, M]
+        targets = _rows_where(matched, y_true)  # [B, M, D_true]: zeros where unmatched
+        paired = self.gather_matched(y_pred, indices)  # [B, M, D_pred]: zeros where unmatched
+        values = _paired_cost(cost, targets, paired, self._cost_label(cost))  # [B, M]
+        return ops.where(matched, values, 0.0)
 
     @staticmethod
     def gather_matched(y_pred: Tensor, indices: Tensor) -> Tensor:
-        """The prediction matched to each target: `[B, M, D]` (row 0's where unmatched).
+        """The prediction matched to each target: `[B, M, D]` (zeros where unmatched).
+
+        Unmatched rows are zeros, not a copy of some prediction, and no gradient flows
+        from them to `y_pred`: a term computed on them cannot bring `NaN` from an
+        unused prediction into the gradients.
 
         Args:
-            y_pred: Predictions `[B, N, D]`.
+            y_pred: Predictions `[B, N, D]` (`N` may be 0).
             indices: int32 `[B, M]` from `match` (-1 where unmatched).
 
         Returns:
-            Tensor `[B, M, D]`; mask it with `indices >= 0`.
+            Tensor `[B, M, D]`; mask what you compute from it with `indices >= 0`.
         """
+        if y_pred.shape[1] == 0:  # no prediction to gather: every target is unmatched
+            zeros = ops.zeros_like(ops.cast(indices, y_pred.dtype))[:, :, None]  # [B, M, 1]
+            return ops.repeat(zeros, _last_dim(y_pred), axis=2)  # [B, M, D]
         safe = ops.maximum(indices, 0)[:, :, None]  # [B, M, 1]
-        return ops.take_along_axis(y_pred, safe, axis=1)
+        gathered = ops.take_along_axis(y_pred, safe, axis=1)  # [B, M, D]
+        return _rows_where(indices >= 0, gathered)
 
     @staticmethod
     def unmatched_predictions(indices: Tensor, num_predictions: int) -> Tensor:
@@ -237,6 +266,8 @@ class HungarianLoss(keras.losses.Loss):
         """Mask `[B, M]` of bool: True for real targets, False for padding rows."""
         if self.padding_value is None:
             return ops.ones_like(y_true[:, :, 0], dtype="bool")
+        if math.isnan(self.padding_value):
+            return ops.logical_not(ops.all(ops.isnan(y_true), axis=2))
         return ops.logical_not(ops.all(ops.equal(y_true, self.padding_value), axis=2))
 
     def match(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
@@ -247,29 +278,58 @@ class HungarianLoss(keras.losses.Loss):
             y_pred: Predictions `[B, N, D]`.
 
         Returns:
-            int32 tensor `[B, M]`: -1 for padding targets (and for targets left over
-            when there are fewer predictions than targets).
+            int32 tensor `[B, M]`: -1 for padding targets, for targets left over
+            when there are fewer predictions than targets, and for targets that could
+            not be matched because their costs are not finite.
         """
         y_true, y_pred = self._prepare(y_true, y_pred)
         target_mask = self.target_mask(y_true)
-        cost = self.pairwise_cost(ops.stop_gradient(y_true), ops.stop_gradient(y_pred))
-        return linear_sum_assignment(cost, row_mask=target_mask)
+        return self._solve(self._matching_cost(y_true, y_pred), target_mask)
 
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         """Per-sample loss `[B]`."""
         y_true, y_pred = self._prepare(y_true, y_pred)
         target_mask = self.target_mask(y_true)  # [B, M]
-        # The matching needs no gradient: the loss recomputes the cost of matched pairs.
-        fixed = self.pairwise_cost(ops.stop_gradient(y_true), ops.stop_gradient(y_pred))
-        indices = linear_sum_assignment(fixed, row_mask=target_mask)  # [B, M]
+        cost = self._matching_cost(y_true, y_pred)  # [B, M, N], without gradient
+        indices = self._solve(cost, target_mask)  # [B, M]
         loss = self.matched_loss(y_true, y_pred, indices, target_mask)  # [B]
-        # A NaN cost on a real target means broken predictions: say so with a NaN loss.
-        broken = ops.any(ops.logical_and(ops.isnan(fixed), target_mask[:, :, None]), axis=(1, 2))
-        return ops.where(broken, ops.cast(float("nan"), loss.dtype), loss)
+        return _failure_policy(loss, y_true, y_pred, cost, indices, target_mask)
+
+    # ----- the boundary: inputs, costs and masks are checked here ---------------------------
+
+    def _matching_cost(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """The cost to match with, `[B, M, N]`, without gradient.
+
+        `inf` (a forbidden pair) where the target or the prediction has a non-finite
+        value. The loss recomputes the cost of the matched pairs with gradients.
+        """
+        y_true, y_pred = ops.stop_gradient(y_true), ops.stop_gradient(y_pred)
+        label = self._cost_label(self.pairwise_cost)
+        cost = _checked_cost(self.pairwise_cost, y_true, y_pred, label)  # [B, M, N]
+        finite_true, finite_pred = _finite_rows(y_true), _finite_rows(y_pred)  # [B, M], [B, N]
+        usable = ops.logical_and(finite_true[:, :, None], finite_pred[:, None, :])  # [B, M, N]
+        return ops.where(usable, cost, _INF)
+
+    def _cost_label(self, cost: Any) -> str:
+        """How error messages name a cost: the constructor's cost, or the callable."""
+        if getattr(cost, "__func__", None) is HungarianLoss.pairwise_cost:
+            cost = self.cost_fn
+        return getattr(cost, "__qualname__", None) or repr(cost)
+
+    @staticmethod
+    def _solve(cost: Tensor, target_mask: Tensor) -> Tensor:
+        """`linear_sum_assignment`, with the mask's shape checked against the cost's."""
+        expected, shape = tuple(cost.shape[:2]), tuple(target_mask.shape)
+        if len(shape) != 2 or not _same_known(shape, expected):
+            raise ValueError(
+                f"Expected `target_mask` of shape [B, M] = {expected} (the first two axes "
+                f"of the cost). Received: target_mask.shape={shape}"
+            )
+        return linear_sum_assignment(cost, row_mask=target_mask)
 
     def _prepare(self, y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor]:
-        y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.cast(ops.convert_to_tensor(y_true), y_pred.dtype)
+        y_pred = _to_tensor(y_pred)
+        y_true = ops.cast(_to_tensor(y_true), y_pred.dtype)
         for arg, tensor in (("y_true", y_true), ("y_pred", y_pred)):
             shape = tuple(tensor.shape)
             if len(shape) != 3:
@@ -277,10 +337,13 @@ class HungarianLoss(keras.losses.Loss):
                     f"Expected `{arg}` of rank 3 ([batch, items, features]). "
                     f"Received: {arg}.shape={shape}"
                 )
-            if shape[1] is None:
+            if not isinstance(shape[1], int):
                 raise ValueError(
                     f"Expected the number of items of `{arg}` (axis 1) to be known when "
-                    f"the graph is traced. Received: {arg}.shape={shape}"
+                    "the graph is traced: pad every batch to the same number of rows. With "
+                    "`tf.data`, give `padded_batch` fixed `padded_shapes`, e.g. "
+                    "`dataset.padded_batch(batch_size, padded_shapes=([...], [M, 4]), "
+                    f"padding_values=-1.0)`. Received: {arg}.shape={shape}"
                 )
         batch_true, batch_pred = y_true.shape[0], y_pred.shape[0]
         if batch_true is not None and batch_pred is not None and batch_true != batch_pred:
@@ -302,6 +365,97 @@ class HungarianLoss(keras.losses.Loss):
             }
         )
         return config
+
+
+def _failure_policy(
+    loss: Tensor,
+    y_true: Tensor,
+    y_pred: Tensor,
+    cost: Tensor,
+    indices: Tensor,
+    target_mask: Tensor,
+) -> Tensor:
+    """The per-sample `loss [B]`, made `inf` or `NaN` where the sample is broken.
+
+    `inf`: a real target has a non-finite value, or fewer real targets are matched
+    than could be (`min(real targets, N)`: the solver matches as many as the finite
+    costs allow). `NaN` (over `inf`): `NaN` in a real target, in a prediction of a
+    sample with a real target, or in the cost of a real target.
+    """
+    num_predictions = y_pred.shape[1]
+    has_target = ops.any(target_mask, axis=1)  # [B]
+    nan_true = ops.any(ops.logical_and(_nan_rows(y_true), target_mask), axis=1)  # [B]
+    nan_pred = ops.logical_and(ops.any(_nan_rows(y_pred), axis=1), has_target)  # [B]
+    nan_cost = ops.any(ops.logical_and(ops.isnan(cost), target_mask[:, :, None]), axis=(1, 2))
+    is_nan = ops.logical_or(ops.logical_or(nan_true, nan_pred), nan_cost)  # [B]
+    bad_true = ops.logical_and(ops.logical_not(_finite_rows(y_true)), target_mask)  # [B, M]
+    matched = ops.sum(ops.cast(indices >= 0, "int32"), axis=1)  # [B]
+    matchable = ops.minimum(ops.sum(ops.cast(target_mask, "int32"), axis=1), num_predictions)
+    is_inf = ops.logical_or(ops.any(bad_true, axis=1), matched < matchable)  # [B]
+    loss = ops.where(is_inf, _INF, loss)
+    return ops.where(is_nan, _NAN, loss)
+
+
+def _paired_cost(
+    cost: Callable[[Tensor, Tensor], Tensor], y_true: Tensor, y_pred: Tensor, label: str
+) -> Tensor:
+    """`cost` of `y_true[b, i]` with `y_pred[b, i]` for every `(b, i)`: `[B, M]`.
+
+    Each pair is its own problem of one target and one prediction (`B * M` of them).
+    """
+    num_items = y_true.shape[1]
+    flat_true = ops.reshape(y_true, (-1, 1, _last_dim(y_true)))  # [B * M, 1, D_true]
+    flat_pred = ops.reshape(y_pred, (-1, 1, _last_dim(y_pred)))  # [B * M, 1, D_pred]
+    values = _checked_cost(cost, flat_true, flat_pred, label)  # [B * M, 1, 1]
+    return ops.reshape(values, (-1, num_items))  # [B, M]
+
+
+def _checked_cost(
+    cost: Callable[[Tensor, Tensor], Tensor], y_true: Tensor, y_pred: Tensor, label: str
+) -> Tensor:
+    """`cost(y_true, y_pred)`, checked to be `[B, M, N]`: one value per pair."""
+    values = ops.convert_to_tensor(cost(y_true, y_pred))
+    expected = (y_true.shape[0], y_true.shape[1], y_pred.shape[1])
+    shape = tuple(values.shape)
+    if len(shape) != 3 or not _same_known(shape, expected):
+        raise ValueError(
+            f"Expected the cost {label} to return one value per (target, prediction) "
+            f"pair: shape [B, M, N] = {expected} for y_true.shape={tuple(y_true.shape)} "
+            f"and y_pred.shape={tuple(y_pred.shape)}. Received: shape={shape}"
+        )
+    return values
+
+
+def _same_known(shape: tuple[Any, ...], expected: tuple[Any, ...]) -> bool:
+    """Whether two shapes of one rank agree on every dimension known in both."""
+    return all(a is None or b is None or a == b for a, b in zip(shape, expected, strict=True))
+
+
+def _finite_rows(x: Tensor) -> Tensor:
+    """`[B, K]`: True where the row `x[b, k]` is finite in every channel."""
+    return ops.all(ops.isfinite(x), axis=-1)
+
+
+def _nan_rows(x: Tensor) -> Tensor:
+    """`[B, K]`: True where the row `x[b, k]` has a NaN."""
+    return ops.any(ops.isnan(x), axis=-1)
+
+
+def _rows_where(mask: Tensor, x: Tensor) -> Tensor:
+    """`x [B, K, D]` where `mask [B, K]`, zeros elsewhere (no gradient to those rows)."""
+    return ops.where(mask[:, :, None], x, 0.0)
+
+
+def _last_dim(x: Tensor) -> Any:
+    """The size of the last axis of `x`, static if known."""
+    size = x.shape[-1]
+    return ops.shape(x)[-1] if size is None else size
+
+
+def _to_tensor(x: Tensor) -> Tensor:
+    """`x` as a tensor of the backend (a `tf.Variable` becomes its value)."""
+    x = ops.convert_to_tensor(x)
+    return x if hasattr(x, "ndim") else ops.copy(x)
 
 
 _DEFAULT_LOSS = HungarianLoss()
