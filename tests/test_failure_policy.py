@@ -483,10 +483,13 @@ def check_policy(
             expected = expected.mean() if len(rows) else 0.0
             assert np.isfinite(value[b]), where
             np.testing.assert_allclose(value[b], expected, rtol=1e-4, atol=1e-5, err_msg=where)
-        # Finite loss => finite gradients; no target => loss 0 and no gradient.
+        # Finite loss => finite gradients; a broken sample adds no gradient; no target =>
+        # loss 0 and no gradient.
         if np.isfinite(value[b]):
             assert np.all(np.isfinite(grad_pred[b])), where
             assert np.all(np.isfinite(grad_true[b])), where
+        else:
+            assert not np.any(grad_pred[b]) and not np.any(grad_true[b]), where
         if not real[b].any():
             assert value[b] == 0.0 and not np.any(grad_pred[b]), where
 

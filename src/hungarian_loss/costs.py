@@ -421,8 +421,8 @@ class ClassProbabilityCost(_ClassCost):
     `class_index`; `y_pred` holds `C` logits from channel `logits_start` to the end.
     The defaults fit items laid out as `[box (4 channels), class]` in `y_true` and
     `[box (4 channels), logit_0, ..., logit_{C-1}]` in `y_pred`. A class id outside
-    `[0, C)` (such as the padding value -1) costs 0. In a combination with box costs,
-    give the box costs `channels=[0, 4]`.
+    `[0, C)` (such as the padding value -1) costs 0, a `NaN` id costs `NaN`. In a
+    combination with box costs, give the box costs `channels=[0, 4]`.
 
     Args:
         class_index: Channel of `y_true` holding the class id.

@@ -49,15 +49,16 @@ class HungarianLoss(keras.losses.Loss):
     (`tf.data`'s `padded_batch(padding_values=-1.0)` makes such rows). A sample without
     targets has loss 0 and zero gradient.
 
-    Failure policy (no silent failures; the full table is in the section "Failure
-    policy" of [How the matching works][failure-policy]):
+    Failure policy (no silent failures; the full table is in
+    [How the matching works: Failure policy](../matching.md#failure-policy)):
 
     - A finite loss has finite gradients.
     - A target or prediction with a non-finite value is never matched. A sample whose
       real targets are not all matched although predictions are available (at most
       `N` of them can be), or that has a real target with `inf`, has loss `inf`; `NaN`
       in a real target, in a prediction or in a cost of a real target gives `NaN`.
-      So `keras.callbacks.TerminateOnNaN` and NaN guards see broken predictions.
+      Such a sample adds nothing to the gradients; `keras.callbacks.TerminateOnNaN`
+      and NaN guards see its loss.
     - The built-in costs do not overflow where the true value is representable.
 
     Extension points for subclasses:
@@ -89,7 +90,8 @@ class HungarianLoss(keras.losses.Loss):
 
     Raises:
         ValueError: for an unknown cost or box format, invalid weights, or an invalid
-            reduction; at trace time for inputs of the wrong rank or sizes.
+            reduction; at trace time for inputs of the wrong rank or sizes, an unknown
+            number of items, or a cost whose output is not `[B, M, N]`.
 
     Examples:
         The upstream worked example: two true and two predicted boxes.
