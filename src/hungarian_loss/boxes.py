@@ -15,7 +15,10 @@ The geometry works on batches of sets of boxes: `[B, M, 4]` and `[B, N, 4]` give
 It never asserts on tensor values: boxes with zero area or with `right < left`
 (or `bottom < top`) have their width or height clamped to zero, and a ratio of areas
 whose denominator is at most `epsilon = keras.config.epsilon()` is 0, with gradient
-0, so values and gradients stay finite.
+0, so values and gradients stay finite for finite boxes, up to the largest float
+(huge coordinates are scaled down before areas are taken). A pair that holds a box
+with a non-finite coordinate (`inf`, `-inf`, `NaN`) has the value `NaN`, and no
+gradient flows from it to the other box of the pair.
 Nothing here imports from the rest of the package.
 """
 
@@ -41,6 +44,7 @@ BOX_FORMATS = ("xyxy", "yxyx", "xywh", "center_xywh", "center_yxhw")
 """The box format names understood here (Keras's names for absolute coordinates)."""
 
 _HALF_DTYPES = ("float16", "bfloat16")
+_INVERSE_SAFE_COORDINATE = 2.0**-60  # see `_box_scale`
 
 
 def standardize_box_format(box_format: str, name: str = "box_format") -> str:
@@ -140,7 +144,8 @@ def pairwise_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Te
 
     Preconditions: none on values. A box with `right < left` or `bottom < top` counts
     as empty (its width or height is clamped to 0); two empty boxes have IoU 0, with
-    gradient 0.
+    gradient 0. A pair with a non-finite coordinate has IoU `NaN`; finite coordinates
+    up to the float maximum do not overflow.
     Half-precision inputs (`float16`, `bfloat16`) are computed in float32 (their areas
     would overflow) and the result is cast back.
 
@@ -150,7 +155,8 @@ def pairwise_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Te
         box_format: The format of both, one of `BOX_FORMATS`.
 
     Returns:
-        Tensor `[B, M, N]` (or `[M, N]`) of values in `[0, 1]`, of the inputs' dtype.
+        Tensor `[B, M, N]` (or `[M, N]`) of values in `[0, 1]` (`NaN` for pairs with a
+        non-finite coordinate), of the inputs' dtype.
 
     Raises:
         ValueError: if `box_format` is unknown, a last dimension is not 4, or the
@@ -165,9 +171,9 @@ def pairwise_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Te
         >>> print(np.round(np.asarray(pairwise_iou(a, b)), 4))
         [[1.   0.25 0.  ]]
     """
-    boxes1, boxes2, dtype = _prepare_pair(boxes1, boxes2, box_format)
+    boxes1, boxes2, invalid, dtype = _prepare_pair(boxes1, boxes2, box_format)
     intersection, union = _intersection_and_union(boxes1, boxes2)  # [B, M, N] each
-    return ops.cast(_safe_divide(intersection, union), dtype)
+    return _finish(_safe_divide(intersection, union), invalid, dtype)
 
 
 def pairwise_giou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
@@ -188,7 +194,8 @@ def pairwise_giou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> T
         box_format: The format of both, one of `BOX_FORMATS`.
 
     Returns:
-        Tensor `[B, M, N]` (or `[M, N]`) of values in `[-1, 1]`, of the inputs' dtype.
+        Tensor `[B, M, N]` (or `[M, N]`) of values in `[-1, 1]` (`NaN` for pairs with a
+        non-finite coordinate), of the inputs' dtype.
 
     Raises:
         ValueError: if `box_format` is unknown, a last dimension is not 4, or the
@@ -203,28 +210,29 @@ def pairwise_giou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> T
         >>> print(np.round(np.asarray(pairwise_giou(a, b)), 4))
         [[ 0.25  0.   -0.5 ]]
     """
-    boxes1, boxes2, dtype = _prepare_pair(boxes1, boxes2, box_format)
+    boxes1, boxes2, invalid, dtype = _prepare_pair(boxes1, boxes2, box_format)
     intersection, union = _intersection_and_union(boxes1, boxes2)  # [B, M, N] each
     iou = _safe_divide(intersection, union)  # [B, M, N]
-    top_left = ops.minimum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])  # [B, M, N, 2]
-    bottom_right = ops.maximum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])  # [B, M, N, 2]
+    top_left = ops.minimum(boxes1[..., :2], boxes2[..., :2])  # [B, M, N, 2]
+    bottom_right = ops.maximum(boxes1[..., 2:], boxes2[..., 2:])  # [B, M, N, 2]
     enclosing = _area_between(top_left, bottom_right)  # [B, M, N]
     giou = iou - _safe_divide(enclosing - union, enclosing)  # [B, M, N]
-    return ops.cast(giou, dtype)
+    return _finish(giou, invalid, dtype)
 
 
 def _intersection_and_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
     """Areas of the intersection and of the union of every pair of `"xyxy"` boxes.
 
-    Preconditions: `boxes1 [B, M, 4]` and `boxes2 [B, N, 4]` in `"xyxy"`, same dtype.
-    Returns two tensors `[B, M, N]`, both >= 0, with `intersection <= union`.
+    Preconditions: `boxes1` and `boxes2` `[B, M, N, 4]`, the two boxes of each pair, in
+    `"xyxy"`, same dtype. Returns two tensors `[B, M, N]`, both >= 0, with
+    `intersection <= union`.
     """
-    area1 = _area_between(boxes1[..., :2], boxes1[..., 2:])  # [B, M]
-    area2 = _area_between(boxes2[..., :2], boxes2[..., 2:])  # [B, N]
-    top_left = ops.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])  # [B, M, N, 2]
-    bottom_right = ops.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])  # [B, M, N, 2]
+    area1 = _area_between(boxes1[..., :2], boxes1[..., 2:])  # [B, M, N]
+    area2 = _area_between(boxes2[..., :2], boxes2[..., 2:])  # [B, M, N]
+    top_left = ops.maximum(boxes1[..., :2], boxes2[..., :2])  # [B, M, N, 2]
+    bottom_right = ops.minimum(boxes1[..., 2:], boxes2[..., 2:])  # [B, M, N, 2]
     intersection = _area_between(top_left, bottom_right)  # [B, M, N]
-    union = area1[..., :, None] + area2[..., None, :] - intersection  # [B, M, N]
+    union = area1 + area2 - intersection  # [B, M, N]
     return intersection, union
 
 
@@ -245,8 +253,16 @@ def _area_between(top_left: Tensor, bottom_right: Tensor) -> Tensor:
     return sides[..., 0] * sides[..., 1]  # [...]
 
 
-def _prepare_pair(boxes1: Tensor, boxes2: Tensor, box_format: str) -> tuple[Tensor, Tensor, str]:
-    """Checks two sets of boxes; returns them in `"xyxy"` and compute dtype, and the dtype."""
+def _prepare_pair(
+    boxes1: Tensor, boxes2: Tensor, box_format: str
+) -> tuple[Tensor, Tensor, Tensor, str]:
+    """Checks two sets of boxes and makes every pair safe to compute with.
+
+    Returns the two boxes of every pair, `[B, M, N, 4]` each, in `"xyxy"` and the
+    compute dtype, scaled alike (see `_box_scale`) and with non-finite boxes replaced
+    by zeros; the mask `[B, M, N]` of the pairs that hold a non-finite box; and the
+    dtype of the result.
+    """
     boxes1 = _as_float_tensor(boxes1)
     boxes2 = ops.cast(_as_float_tensor(boxes2), boxes1.dtype)
     _check_box_channels(boxes1, "boxes1")
@@ -260,9 +276,45 @@ def _prepare_pair(boxes1: Tensor, boxes2: Tensor, box_format: str) -> tuple[Tens
         )
     dtype = keras.backend.standardize_dtype(boxes1.dtype)
     compute_dtype = "float32" if dtype in _HALF_DTYPES else dtype
-    boxes1 = to_xyxy(ops.cast(boxes1, compute_dtype), box_format)  # [B, M, 4]
-    boxes2 = to_xyxy(ops.cast(boxes2, compute_dtype), box_format)  # [B, N, 4]
-    return boxes1, boxes2, dtype
+    boxes1, boxes2 = ops.cast(boxes1, compute_dtype), ops.cast(boxes2, compute_dtype)
+    finite1 = ops.all(ops.isfinite(boxes1), axis=-1)  # [B, M]
+    finite2 = ops.all(ops.isfinite(boxes2), axis=-1)  # [B, N]
+    # Non-finite boxes are computed as zeros and their pairs set to NaN in `_finish`:
+    # a `where` on the inputs too, so that no NaN reaches the gradients of finite boxes.
+    boxes1 = ops.where(finite1[..., None], boxes1, 0.0)  # [B, M, 4]
+    boxes2 = ops.where(finite2[..., None], boxes2, 0.0)  # [B, N, 4]
+    scale1, scale2 = _box_scale(boxes1), _box_scale(boxes2)  # [B, M], [B, N]
+    boxes1 = to_xyxy(boxes1 / scale1[..., None], box_format)  # [B, M, 4]
+    boxes2 = to_xyxy(boxes2 / scale2[..., None], box_format)  # [B, N, 4]
+    # The two boxes of a pair share the larger of their scales.
+    pair_scale = ops.maximum(scale1[..., :, None], scale2[..., None, :])  # [B, M, N]
+    factor1 = (scale1[..., :, None] / pair_scale)[..., None]  # [B, M, N, 1], in (0, 1]
+    factor2 = (scale2[..., None, :] / pair_scale)[..., None]  # [B, M, N, 1]
+    pairs1 = boxes1[..., :, None, :] * factor1  # [B, M, N, 4]
+    pairs2 = boxes2[..., None, :, :] * factor2  # [B, M, N, 4]
+    invalid = ops.logical_not(
+        ops.logical_and(finite1[..., :, None], finite2[..., None, :])
+    )  # [B, M, N]
+    return pairs1, pairs2, invalid, dtype
+
+
+def _box_scale(boxes: Tensor) -> Tensor:
+    """A divisor `[B, K]` of the coordinates of each box that keeps areas from overflowing.
+
+    IoU and GIoU do not change when both boxes of a pair are scaled alike. Coordinates
+    up to `2**60` in absolute value give areas up to `2**124`, finite in float32; a box
+    with larger coordinates is divided by `max|coordinate| / 2**60`, every other box by
+    1 (exactly unchanged, so ordinary boxes give the same values as without scaling).
+    The divisor is a constant for the gradient, which stays exact since the ratios do
+    not depend on it.
+    """
+    largest = ops.max(ops.abs(boxes), axis=-1, initial=0.0)  # [B, K]
+    return ops.maximum(ops.stop_gradient(largest) * _INVERSE_SAFE_COORDINATE, 1.0)  # [B, K]
+
+
+def _finish(ratio: Tensor, invalid: Tensor, dtype: str) -> Tensor:
+    """`ratio [B, M, N]` with NaN on the pairs that hold a non-finite box, cast to `dtype`."""
+    return ops.cast(ops.where(invalid, float("nan"), ratio), dtype)
 
 
 def _as_float_tensor(x: Tensor) -> Tensor:

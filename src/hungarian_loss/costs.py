@@ -23,10 +23,17 @@ the DETR box cost, a `WeightedCost`.
 `cost(y_true, y_pred) -> [B, M, N]` into a cost; `serialize_cost` goes back to a name
 or a config; `register_cost` adds a name for a cost of your own.
 
-Values and gradients are finite for every finite input: zero distances, identical
-boxes, empty or inverted boxes. Costs compute in the dtype of `y_pred`, except that
-half precision (`float16`, `bfloat16`) is computed in float32 and the result cast back
-(clipped to the largest finite value of the dtype).
+Values and gradients are finite for every finite input where the true value is
+representable: zero distances, identical boxes, empty or inverted boxes, and
+coordinates up to the largest float (`"l2"` scales before squaring, box costs scale
+the boxes). Where the true value is not representable (`"squared_l2"` of differences
+near `1e20`, `"l1"` near the float maximum) it is `inf`. `NaN` in an input gives
+`NaN`; box costs of a box with an `inf` coordinate are `NaN` too. See the failure
+policy of `HungarianLoss` for what the loss makes of such values.
+
+Costs compute in the dtype of `y_pred`, except that half precision (`float16`,
+`bfloat16`) is computed in float32 and the result cast back (clipped to the largest
+finite value of the dtype).
 
 Examples:
     >>> import numpy as np
@@ -247,7 +254,9 @@ class L2Cost(_VectorCost):
     ```
 
     The square root is safe: at zero distance the value is 0 and the gradient is 0
-    (not `NaN`).
+    (not `NaN`). The differences are scaled before they are squared (as `hypot`
+    does), so the distance does not overflow where it is representable: differences
+    near `1e20` give about `1e20`, not `inf`.
 
     Args:
         channels: `None` to read every channel, or `[start, stop]` to read the
@@ -264,8 +273,7 @@ class L2Cost(_VectorCost):
 
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         """The Euclidean distance of every pair, `[B, M, N]`."""
-        squared = ops.sum(ops.square(self._differences(y_true, y_pred)), axis=-1)  # [B, M, N]
-        return _safe_sqrt(squared)  # [B, M, N]
+        return _euclidean_norm(self._differences(y_true, y_pred))  # [B, M, N]
 
 
 class _BoxCost(PairwiseCost):
@@ -408,12 +416,14 @@ class _ClassCost(PairwiseCost):
                 f"for {self!r}. Received: y_true.shape={tuple(y_true.shape)}"
             )
         num_classes = per_class.shape[-1]
-        classes = ops.cast(ops.round(y_true[..., self.class_index]), "int32")  # [B, M]
-        valid = ops.logical_and(classes >= 0, classes < num_classes)  # [B, M]
-        indices = ops.where(valid, classes, 0)[..., None]  # [B, M, 1]
+        ids = ops.round(y_true[..., self.class_index])  # [B, M]
+        # Checked as floats: casting a huge or non-finite id to int is not defined.
+        valid = ops.logical_and(ids >= 0, ids < num_classes)  # [B, M]
+        classes = ops.cast(ops.where(valid, ids, 0.0), "int32")  # [B, M]
         by_class = ops.swapaxes(per_class, -1, -2)  # [B, C, N]
-        picked = ops.take_along_axis(by_class, indices, axis=-2)  # [B, M, N]
-        return ops.where(valid[..., None], picked, 0.0)  # [B, M, N]
+        picked = ops.take_along_axis(by_class, classes[..., None], axis=-2)  # [B, M, N]
+        picked = ops.where(valid[..., None], picked, 0.0)  # [B, M, N]
+        return ops.where(ops.isnan(ids)[..., None], float("nan"), picked)  # [B, M, N]
 
 
 @keras.saving.register_keras_serializable(package="hungarian_loss")
@@ -428,8 +438,8 @@ class ClassProbabilityCost(_ClassCost):
     `class_index`; `y_pred` holds `C` logits from channel `logits_start` to the end.
     The defaults fit items laid out as `[box (4 channels), class]` in `y_true` and
     `[box (4 channels), logit_0, ..., logit_{C-1}]` in `y_pred`. A class id outside
-    `[0, C)` (such as the padding value -1) costs 0. In a combination with box costs,
-    give the box costs `channels=[0, 4]`.
+    `[0, C)` (such as the padding value -1) costs 0, a `NaN` id costs `NaN`. In a
+    combination with box costs, give the box costs `channels=[0, 4]`.
 
     Args:
         class_index: Channel of `y_true` holding the class id.
@@ -860,6 +870,24 @@ def _safe_sqrt(x: Tensor) -> Tensor:
     zero = ops.logical_not(x > 0) & ops.logical_not(ops.isnan(x))  # [...]
     root = ops.sqrt(ops.where(zero, 1.0, x))  # [...]: never sqrt(0) on a live path
     return ops.where(zero, 0.0, root)
+
+
+def _euclidean_norm(differences: Tensor) -> Tensor:
+    """`sqrt(sum_d x_d^2)` over the last axis, without overflow where it is representable.
+
+    Vectors whose largest absolute entry is above `2**50` are multiplied by `2**-88`
+    before squaring, and those below `2**-50` by `2**64` (exact powers of two, as
+    constants for the gradient, which stays exact because the norm is homogeneous);
+    the root is scaled back. Powers of two rather than the largest entry itself,
+    because XLA on CPU may divide through a reciprocal, which is flushed to 0 beyond
+    `2**126`. Non-finite vectors are not scaled: their norm is `inf` or `NaN`.
+    """
+    largest = ops.stop_gradient(ops.max(ops.abs(differences), axis=-1, initial=0.0))  # [...]
+    huge, tiny = largest > 2.0**50, largest < 2.0**-50  # [...]
+    factor = ops.where(huge, 2.0**-88, ops.where(tiny, 2.0**64, 1.0))  # [...]
+    inverse = ops.where(huge, 2.0**88, ops.where(tiny, 2.0**-64, 1.0))  # [...]
+    scaled = differences * factor[..., None]  # [..., D]
+    return inverse * _safe_sqrt(ops.sum(ops.square(scaled), axis=-1))  # [...]
 
 
 def _check_ranks(y_true: Tensor, y_pred: Tensor) -> None:

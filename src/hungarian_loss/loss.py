@@ -8,6 +8,7 @@ loss is the mean of the cost over the matched pairs.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +22,9 @@ from hungarian_loss.costs import get_cost, serialize_cost
 __all__ = ["HungarianLoss", "hungarian_loss"]
 
 Tensor = Any
+
+_INF = float("inf")
+_NAN = float("nan")
 
 
 @keras.saving.register_keras_serializable(package="hungarian_loss")
@@ -43,8 +47,19 @@ class HungarianLoss(keras.losses.Loss):
 
     Padding: a target row whose every value equals `padding_value` is not a target
     (`tf.data`'s `padded_batch(padding_values=-1.0)` makes such rows). A sample without
-    targets has loss 0 and zero gradient. A NaN cost between a prediction and a target
-    makes the sample's loss NaN (so `keras.callbacks.TerminateOnNaN` sees it).
+    targets has loss 0 and zero gradient.
+
+    Failure policy (no silent failures; the full table is in
+    [How the matching works: Failure policy](../matching.md#failure-policy)):
+
+    - A finite loss has finite gradients.
+    - A target or prediction with a non-finite value is never matched. A sample whose
+      real targets are not all matched although predictions are available (at most
+      `N` of them can be), or that has a real target with `inf`, has loss `inf`; `NaN`
+      in a real target, in a prediction or in a cost of a real target gives `NaN`.
+      Such a sample adds nothing to the gradients; `keras.callbacks.TerminateOnNaN`
+      and NaN guards see its loss.
+    - The built-in costs do not overflow where the true value is representable.
 
     Several prediction sets: `y_pred [B, S, N, D]` holds S sets of N predictions per
     sample (the outputs of S decoder layers, or S query groups). Each set is matched to
@@ -96,7 +111,8 @@ class HungarianLoss(keras.losses.Loss):
     Raises:
         ValueError: for an unknown cost or box format, invalid weights, an invalid
             `matches_per_target` or `set_weights`, or an invalid reduction; at trace
-            time for inputs of the wrong rank or sizes.
+            time for inputs of the wrong rank or sizes, an unknown number of items, or a
+            cost whose output is not `[B, M, N]`.
 
     Examples:
         The upstream worked example: two true and two predicted boxes.
@@ -143,7 +159,9 @@ class HungarianLoss(keras.losses.Loss):
         self.box_format = box_lib.standardize_box_format(box_format)
         self.cost = cost
         self.cost_fn = get_cost(cost, box_format=self.box_format)
-        if padding_value is not None and not isinstance(padding_value, (int, float)):
+        if padding_value is not None and (
+            not isinstance(padding_value, numbers.Real) or isinstance(padding_value, bool)
+        ):
             raise ValueError(
                 "Expected `padding_value` to be a number or None. "
                 f"Received: padding_value={padding_value!r}"
@@ -204,8 +222,9 @@ class HungarianLoss(keras.losses.Loss):
         """
         del target_mask  # `indices` is -1 for padding targets
         pair_cost = self.matched_cost(y_true, y_pred, indices)  # [B, M]
-        count = ops.sum(ops.cast(indices >= 0, pair_cost.dtype), axis=1)  # [B]
-        return ops.sum(pair_cost, axis=1) / ops.maximum(count, 1.0)
+        count = ops.sum(ops.cast(indices >= 0, pair_cost.dtype), axis=1, keepdims=True)  # [B, 1]
+        # Divided before the sum, so that the mean does not overflow where it is finite.
+        return ops.sum(pair_cost / ops.maximum(count, 1.0), axis=1)
 
     # ----- helpers for subclasses ------------------------------------------------------------
 
@@ -218,10 +237,11 @@ class HungarianLoss(keras.losses.Loss):
     ) -> Tensor:
         """The cost of each target with its matched prediction, `[B, M]`, with gradients.
 
-        Computed on the matched pairs only (a pairwise cost of the targets and their
-        matched predictions, `[B, M, M]`, of which the diagonal is kept) when
-        `M <= N`, so the backward pass does not go through the whole `[B, M, N]`
-        matrix.
+        Computed on the matched pairs only, as `B * M` problems of one target and one
+        prediction each, so the backward pass does not go through the whole
+        `[B, M, N]` matrix, and no other pair (say, with an `inf` prediction) can put
+        `NaN` into the gradients. Unmatched targets are computed against zeros in place
+        of both items and give 0 with zero gradient.
 
         Args:
             y_true: Targets `[B, M, D_true]`.
@@ -232,30 +252,40 @@ class HungarianLoss(keras.losses.Loss):
 
         Returns:
             Tensor `[B, M]`, 0 where a target is unmatched.
+
+        Raises:
+            ValueError: if `cost` does not return one value per pair.
         """
         cost = self.pairwise_cost if cost is None else cost
-        num_targets, num_predictions = y_true.shape[1], y_pred.shape[1]
-        if num_targets <= num_predictions:
-            paired = self.gather_matched(y_pred, indices)  # [B, M, D]
-            values = ops.diagonal(cost(y_true, paired), axis1=1, axis2=2)  # [B, M]
-        else:
-            safe = ops.maximum(indices, 0)[:, :, None]  # [B, M, 1]
-            values = ops.take_along_axis(cost(y_true, y_pred), safe, axis=2)[:, :, 0]  # [B, M]
-        return ops.where(indices >= 0, values, ops.zeros_like(values))
+        matched = indices >= 0  # [B, M]
+        if y_true.shape[1] == 0 or y_pred.shape[1] == 0:  # nothing can be matched
+            return ops.zeros_like(ops.cast(indices, y_pred.dtype))  # [B, M]
+        targets = _rows_where(matched, y_true)  # [B, M, D_true]: zeros where unmatched
+        paired = self.gather_matched(y_pred, indices)  # [B, M, D_pred]: zeros where unmatched
+        values = _paired_cost(cost, targets, paired, self._cost_label(cost))  # [B, M]
+        return ops.where(matched, values, 0.0)
 
     @staticmethod
     def gather_matched(y_pred: Tensor, indices: Tensor) -> Tensor:
-        """The prediction matched to each target: `[B, M, D]` (row 0's where unmatched).
+        """The prediction matched to each target: `[B, M, D]` (zeros where unmatched).
+
+        Unmatched rows are zeros, not a copy of some prediction, and no gradient flows
+        from them to `y_pred`: a term computed on them cannot bring `NaN` from an
+        unused prediction into the gradients.
 
         Args:
-            y_pred: Predictions `[B, N, D]`.
+            y_pred: Predictions `[B, N, D]` (`N` may be 0).
             indices: int32 `[B, M]` from `match` (-1 where unmatched).
 
         Returns:
-            Tensor `[B, M, D]`; mask it with `indices >= 0`.
+            Tensor `[B, M, D]`; mask what you compute from it with `indices >= 0`.
         """
+        if y_pred.shape[1] == 0:  # no prediction to gather: every target is unmatched
+            zeros = ops.zeros_like(ops.cast(indices, y_pred.dtype))[:, :, None]  # [B, M, 1]
+            return ops.repeat(zeros, _last_dim(y_pred), axis=2)  # [B, M, D]
         safe = ops.maximum(indices, 0)[:, :, None]  # [B, M, 1]
-        return ops.take_along_axis(y_pred, safe, axis=1)
+        gathered = ops.take_along_axis(y_pred, safe, axis=1)  # [B, M, D]
+        return _rows_where(indices >= 0, gathered)
 
     @staticmethod
     def unmatched_predictions(indices: Tensor, num_predictions: int) -> Tensor:
@@ -278,6 +308,8 @@ class HungarianLoss(keras.losses.Loss):
         """Mask `[B, M]` of bool: True for real targets, False for padding rows."""
         if self.padding_value is None:
             return ops.ones_like(y_true[:, :, 0], dtype="bool")
+        if math.isnan(self.padding_value):
+            return ops.logical_not(ops.all(ops.isnan(y_true), axis=2))
         return ops.logical_not(ops.all(ops.equal(y_true, self.padding_value), axis=2))
 
     def match(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
@@ -288,8 +320,9 @@ class HungarianLoss(keras.losses.Loss):
             y_pred: Predictions `[B, N, D]`, or S sets of them, `[B, S, N, D]`.
 
         Returns:
-            int32 tensor `[B, M]` (`[B, S, M]` with sets): -1 for padding targets (and
-            for targets left over when there are fewer predictions than targets).
+            int32 tensor `[B, M]` (`[B, S, M]` with sets): -1 for padding targets, for
+            targets left over when there are fewer predictions than targets, and for
+            targets that could not be matched because their costs are not finite.
             With `matches_per_target=k > 1`, a last axis of size k: `[B, M, k]` or
             `[B, S, M, k]`, the k predictions of each target.
         """
@@ -297,9 +330,9 @@ class HungarianLoss(keras.losses.Loss):
         y_true, y_pred, num_sets = self._flatten_sets(y_true, y_pred)
         num_targets = y_true.shape[1]
         target_mask = self.target_mask(y_true)
-        cost = self.pairwise_cost(ops.stop_gradient(y_true), ops.stop_gradient(y_pred))
+        cost = self._matching_cost(y_true, y_pred)  # [B * S, M, N], without gradient
         _, target_mask, cost = self._repeat_targets(y_true, target_mask, cost)
-        indices = linear_sum_assignment(cost, row_mask=target_mask)  # [B * S, M * k]
+        indices = self._solve(cost, target_mask)  # [B * S, M * k]
         if self.matches_per_target > 1:
             indices = ops.reshape(indices, (-1, num_targets, self.matches_per_target))
         if num_sets is not None:
@@ -312,14 +345,11 @@ class HungarianLoss(keras.losses.Loss):
         # S sets of predictions: B * S problems, one solver call; rows below are problems.
         y_true, y_pred, num_sets = self._flatten_sets(y_true, y_pred)
         target_mask = self.target_mask(y_true)  # [B, M]
-        # The matching needs no gradient: the loss recomputes the cost of matched pairs.
-        fixed = self.pairwise_cost(ops.stop_gradient(y_true), ops.stop_gradient(y_pred))
-        y_true, target_mask, fixed = self._repeat_targets(y_true, target_mask, fixed)
-        indices = linear_sum_assignment(fixed, row_mask=target_mask)  # [B, M]
+        cost = self._matching_cost(y_true, y_pred)  # [B, M, N], without gradient
+        y_true, target_mask, cost = self._repeat_targets(y_true, target_mask, cost)
+        indices = self._solve(cost, target_mask)  # [B, M]
         loss = self.matched_loss(y_true, y_pred, indices, target_mask)  # [B]
-        # A NaN cost on a real target means broken predictions: say so with a NaN loss.
-        broken = ops.any(ops.logical_and(ops.isnan(fixed), target_mask[:, :, None]), axis=(1, 2))
-        loss = ops.where(broken, ops.cast(float("nan"), loss.dtype), loss)
+        loss = _failure_policy(loss, y_true, y_pred, cost, indices, target_mask)
         return self._reduce_sets(loss, num_sets)
 
     # ----- several prediction sets and one-to-many matching ----------------------------------
@@ -376,9 +406,41 @@ class HungarianLoss(keras.losses.Loss):
         weights = ops.convert_to_tensor([w / total for w in self.set_weights], per_set.dtype)
         return ops.sum(per_set * weights[None, :], axis=1)
 
+    # ----- the boundary: inputs, costs and masks are checked here ---------------------------
+
+    def _matching_cost(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """The cost to match with, `[B, M, N]`, without gradient.
+
+        `inf` (a forbidden pair) where the target or the prediction has a non-finite
+        value. The loss recomputes the cost of the matched pairs with gradients.
+        """
+        y_true, y_pred = ops.stop_gradient(y_true), ops.stop_gradient(y_pred)
+        label = self._cost_label(self.pairwise_cost)
+        cost = _checked_cost(self.pairwise_cost, y_true, y_pred, label)  # [B, M, N]
+        finite_true, finite_pred = _finite_rows(y_true), _finite_rows(y_pred)  # [B, M], [B, N]
+        usable = ops.logical_and(finite_true[:, :, None], finite_pred[:, None, :])  # [B, M, N]
+        return ops.where(usable, cost, _INF)
+
+    def _cost_label(self, cost: Any) -> str:
+        """How error messages name a cost: the constructor's cost, or the callable."""
+        if getattr(cost, "__func__", None) is HungarianLoss.pairwise_cost:
+            cost = self.cost_fn
+        return getattr(cost, "__qualname__", None) or repr(cost)
+
+    @staticmethod
+    def _solve(cost: Tensor, target_mask: Tensor) -> Tensor:
+        """`linear_sum_assignment`, with the mask's shape checked against the cost's."""
+        expected, shape = tuple(cost.shape[:2]), tuple(target_mask.shape)
+        if len(shape) != 2 or not _same_known(shape, expected):
+            raise ValueError(
+                f"Expected `target_mask` of shape [B, M] = {expected} (the first two axes "
+                f"of the cost). Received: target_mask.shape={shape}"
+            )
+        return linear_sum_assignment(cost, row_mask=target_mask)
+
     def _prepare(self, y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor]:
-        y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.cast(ops.convert_to_tensor(y_true), y_pred.dtype)
+        y_pred = _to_tensor(y_pred)
+        y_true = ops.cast(_to_tensor(y_true), y_pred.dtype)
         for arg, tensor in (("y_true", y_true), ("y_pred", y_pred)):
             shape = tuple(tensor.shape)
             if len(shape) != 3 and not (arg == "y_pred" and len(shape) == 4):
@@ -389,8 +451,11 @@ class HungarianLoss(keras.losses.Loss):
                 )
             if any(size is None for size in shape[1:]):
                 raise ValueError(
-                    f"Expected the sizes of `{arg}` after the batch axis to be known when "
-                    f"the graph is traced. Received: {arg}.shape={shape}"
+                    f"Expected the sizes of `{arg}` after the batch axis (the number of items "
+                    "and of features) to be known when the graph is traced: pad every batch "
+                    "to the same number of rows. With `tf.data`, give `padded_batch` fixed "
+                    "`padded_shapes`, e.g. `dataset.padded_batch(batch_size, padded_shapes="
+                    f"([...], [M, 4]), padding_values=-1.0)`. Received: {arg}.shape={shape}"
                 )
         batch_true, batch_pred = y_true.shape[0], y_pred.shape[0]
         if batch_true is not None and batch_pred is not None and batch_true != batch_pred:
@@ -434,6 +499,97 @@ def _standardize_set_weights(set_weights: Any) -> tuple[float, ...] | None:
             f">= 0, not all 0. Received: set_weights={set_weights!r}"
         )
     return tuple(float(w) for w in weights)
+
+
+def _failure_policy(
+    loss: Tensor,
+    y_true: Tensor,
+    y_pred: Tensor,
+    cost: Tensor,
+    indices: Tensor,
+    target_mask: Tensor,
+) -> Tensor:
+    """The per-sample `loss [B]`, made `inf` or `NaN` where the sample is broken.
+
+    `inf`: a real target has a non-finite value, or fewer real targets are matched
+    than could be (`min(real targets, N)`: the solver matches as many as the finite
+    costs allow). `NaN` (over `inf`): `NaN` in a real target, in a prediction of a
+    sample with a real target, or in the cost of a real target.
+    """
+    num_predictions = y_pred.shape[1]
+    has_target = ops.any(target_mask, axis=1)  # [B]
+    nan_true = ops.any(ops.logical_and(_nan_rows(y_true), target_mask), axis=1)  # [B]
+    nan_pred = ops.logical_and(ops.any(_nan_rows(y_pred), axis=1), has_target)  # [B]
+    nan_cost = ops.any(ops.logical_and(ops.isnan(cost), target_mask[:, :, None]), axis=(1, 2))
+    is_nan = ops.logical_or(ops.logical_or(nan_true, nan_pred), nan_cost)  # [B]
+    bad_true = ops.logical_and(ops.logical_not(_finite_rows(y_true)), target_mask)  # [B, M]
+    matched = ops.sum(ops.cast(indices >= 0, "int32"), axis=1)  # [B]
+    matchable = ops.minimum(ops.sum(ops.cast(target_mask, "int32"), axis=1), num_predictions)
+    is_inf = ops.logical_or(ops.any(bad_true, axis=1), matched < matchable)  # [B]
+    loss = ops.where(is_inf, _INF, loss)
+    return ops.where(is_nan, _NAN, loss)
+
+
+def _paired_cost(
+    cost: Callable[[Tensor, Tensor], Tensor], y_true: Tensor, y_pred: Tensor, label: str
+) -> Tensor:
+    """`cost` of `y_true[b, i]` with `y_pred[b, i]` for every `(b, i)`: `[B, M]`.
+
+    Each pair is its own problem of one target and one prediction (`B * M` of them).
+    """
+    num_items = y_true.shape[1]
+    flat_true = ops.reshape(y_true, (-1, 1, _last_dim(y_true)))  # [B * M, 1, D_true]
+    flat_pred = ops.reshape(y_pred, (-1, 1, _last_dim(y_pred)))  # [B * M, 1, D_pred]
+    values = _checked_cost(cost, flat_true, flat_pred, label)  # [B * M, 1, 1]
+    return ops.reshape(values, (-1, num_items))  # [B, M]
+
+
+def _checked_cost(
+    cost: Callable[[Tensor, Tensor], Tensor], y_true: Tensor, y_pred: Tensor, label: str
+) -> Tensor:
+    """`cost(y_true, y_pred)`, checked to be `[B, M, N]`: one value per pair."""
+    values = ops.convert_to_tensor(cost(y_true, y_pred))
+    expected = (y_true.shape[0], y_true.shape[1], y_pred.shape[1])
+    shape = tuple(values.shape)
+    if len(shape) != 3 or not _same_known(shape, expected):
+        raise ValueError(
+            f"Expected the cost {label} to return one value per (target, prediction) "
+            f"pair: shape [B, M, N] = {expected} for y_true.shape={tuple(y_true.shape)} "
+            f"and y_pred.shape={tuple(y_pred.shape)}. Received: shape={shape}"
+        )
+    return values
+
+
+def _same_known(shape: tuple[Any, ...], expected: tuple[Any, ...]) -> bool:
+    """Whether two shapes of one rank agree on every dimension known in both."""
+    return all(a is None or b is None or a == b for a, b in zip(shape, expected, strict=True))
+
+
+def _finite_rows(x: Tensor) -> Tensor:
+    """`[B, K]`: True where the row `x[b, k]` is finite in every channel."""
+    return ops.all(ops.isfinite(x), axis=-1)
+
+
+def _nan_rows(x: Tensor) -> Tensor:
+    """`[B, K]`: True where the row `x[b, k]` has a NaN."""
+    return ops.any(ops.isnan(x), axis=-1)
+
+
+def _rows_where(mask: Tensor, x: Tensor) -> Tensor:
+    """`x [B, K, D]` where `mask [B, K]`, zeros elsewhere (no gradient to those rows)."""
+    return ops.where(mask[:, :, None], x, 0.0)
+
+
+def _last_dim(x: Tensor) -> Any:
+    """The size of the last axis of `x`, static if known."""
+    size = x.shape[-1]
+    return ops.shape(x)[-1] if size is None else size
+
+
+def _to_tensor(x: Tensor) -> Tensor:
+    """`x` as a tensor of the backend (a `tf.Variable` becomes its value)."""
+    x = ops.convert_to_tensor(x)
+    return x if hasattr(x, "ndim") else ops.copy(x)
 
 
 _DEFAULT_LOSS = HungarianLoss()

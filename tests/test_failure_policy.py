@@ -1,0 +1,508 @@
+"""The failure policy of the loss and the costs: no silent failures on extreme inputs.
+
+One test per item of the issue "No silent failures" (huge finite values, NaN boxes,
+inf predictions, cost shapes, legal corner inputs, GIoU overflow, boundary checks),
+each eager and compiled (XLA), and a property test over every built-in cost. The
+policy itself is the table in docs/matching.md ("Failure policy").
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+import scipy.optimize
+from helpers import BACKEND, assert_is_matching
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from keras import ops
+
+from hungarian_loss import HungarianLoss
+from hungarian_loss.boxes import pairwise_giou, pairwise_iou
+from hungarian_loss.costs import (
+    ClassProbabilityCost,
+    FocalClassCost,
+    GIoUCost,
+    IoUCost,
+    L1Cost,
+    L2Cost,
+    SquaredL2Cost,
+    WeightedCost,
+)
+
+MODES = ["eager", "compiled"]
+INF, NAN = np.inf, np.nan
+PAD = -1.0
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def compile_for(fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    """`fn` as it is (eager) or compiled with XLA; the result comes back as NumPy."""
+    if mode == "compiled":
+        if BACKEND == "tensorflow":
+            import tensorflow as tf
+
+            fn = tf.function(fn, jit_compile=True)
+        else:
+            import jax
+
+            fn = jax.jit(fn)
+
+    def to_numpy(*args: Any) -> Any:
+        out = fn(*args)
+        if isinstance(out, tuple):
+            return tuple(np.asarray(x) for x in out)
+        return np.asarray(out)
+
+    return to_numpy
+
+
+def run(fn: Callable[..., Any], *args: Any, mode: str) -> Any:
+    """`fn(*args)` as NumPy, eagerly or compiled with XLA."""
+    return compile_for(fn, mode)(*args)
+
+
+def with_grads(loss: HungarianLoss) -> Callable[[Any, Any], tuple[Any, ...]]:
+    """`(t, p) -> (loss(t, p), d sum(loss) / dt, d sum(loss) / dp, loss.match(t, p))`.
+
+    On the active backend, in one function (one compile). Samples are independent, so
+    the gradient rows of sample `b` come from `loss[b]` only.
+    """
+    if BACKEND == "jax":
+        import jax
+
+        def total(t: Any, p: Any) -> tuple[Any, Any]:
+            value = loss(t, p)
+            return ops.sum(value), value
+
+        def both(t: Any, p: Any) -> tuple[Any, ...]:
+            (_, value), (grad_t, grad_p) = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(
+                t, p
+            )
+            return value, grad_t, grad_p, loss.match(t, p)
+
+        return both
+    import tensorflow as tf
+
+    def both_tf(t: Any, p: Any) -> tuple[Any, ...]:
+        t, p = tf.convert_to_tensor(t), tf.convert_to_tensor(p)
+        with tf.GradientTape() as tape:
+            tape.watch([t, p])
+            value = loss(t, p)
+            total = ops.sum(value)
+        zero = tf.UnconnectedGradients.ZERO  # an input of size 0 is not connected
+        grad_t, grad_p = tape.gradient(total, [t, p], unconnected_gradients=zero)
+        return value, grad_t, grad_p, loss.match(t, p)
+
+    return both_tf
+
+
+def outcome(
+    loss: HungarianLoss, y_true: np.ndarray, y_pred: np.ndarray, mode: str
+) -> tuple[np.ndarray, ...]:
+    """Per-sample loss, gradients of its sum w.r.t. both inputs, and the matching."""
+    return run(with_grads(loss), y_true, y_pred, mode=mode)  # type: ignore[no-any-return]
+
+
+def per_sample(**kwargs: Any) -> HungarianLoss:
+    return HungarianLoss(reduction=None, **kwargs)
+
+
+def f32(x: Any) -> np.ndarray:
+    return np.asarray(x, dtype="float32")
+
+
+def assert_finite_where_loss_is(loss: np.ndarray, *grads: np.ndarray) -> None:
+    for b in np.flatnonzero(np.isfinite(loss)):
+        for grad in grads:
+            assert np.all(np.isfinite(grad[b])), f"finite loss {loss[b]}, gradient {grad[b]}"
+
+
+ZERO = [0.0, 0.0, 0.0, 0.0]
+
+
+# ------------------------------------------------ 1. huge finite predictions: no loss 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_huge_finite_predictions_are_matched_or_make_the_loss_infinite(mode: str) -> None:
+    y_true = f32([[ZERO], [ZERO], [ZERO]])  # [3, 1, 4]
+    cases = {
+        # cost: (predictions [3, 2, 4], expected per-sample loss)
+        "l2": (
+            [
+                [[1e20] * 4, [3e38] * 4],  # distance 2e20: matched
+                [[-1e20, 1e20, 0, 0], [3e38, 0, 0, 0]],  # sqrt(2) * 1e20 beats 3e38
+                [[3e38] * 4, [-3e38] * 4],  # 6e38: not representable
+            ],
+            [2e20, np.sqrt(2) * 1e20, INF],
+        ),
+        "squared_l2": (
+            [
+                [[1e19, 0, 0, 0], [1e20, 0, 0, 0]],  # 1e38 is finite, 1e40 is not
+                [[1e20, 0, 0, 0], [0, 1e20, 0, 0]],
+                [[3e38] * 4, [1e30] * 4],
+            ],
+            [1e38, INF, INF],
+        ),
+        "l1": (
+            [
+                [[1e38, 1e38, 1e38, 0], [3e38, 3e38, 0, 0]],  # 3e38 is finite, 6e38 is not
+                [[3e38, 3e38, 0, 0], [-3e38, -3e38, 0, 0]],
+                [[1e20] * 4, [3e38] * 4],
+            ],
+            [3e38, INF, 4e20],
+        ),
+    }
+    for cost, (y_pred, expected) in cases.items():
+        loss = per_sample(cost=cost)
+        value, _, grad, indices = outcome(loss, y_true, f32(y_pred), mode)
+        np.testing.assert_allclose(value, expected, rtol=1e-5, err_msg=cost)
+        assert_finite_where_loss_is(value, grad)
+        np.testing.assert_array_equal(indices[:, 0] >= 0, np.isfinite(expected), err_msg=cost)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_l2_of_huge_differences_is_finite_with_the_unit_direction_gradient(mode: str) -> None:
+    y_true = f32([[ZERO], [ZERO]])
+    y_pred = f32([[[3e37, 4e37, 0, 0]], [[3e-20, 4e-20, 0, 0]]])  # distances 5e37 and 5e-20
+    value, _, grad, _ = outcome(per_sample(cost=L2Cost()), y_true, y_pred, mode)
+    np.testing.assert_allclose(value, [5e37, 5e-20], rtol=1e-6)
+    np.testing.assert_allclose(grad[:, 0], [[0.6, 0.8, 0, 0], [0.6, 0.8, 0, 0]], rtol=1e-6)
+
+
+# --------------------------------------------------- 2. a NaN box is never a finite cost
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cost", ["iou", "giou"])
+def test_nan_box_gives_nan_cost_and_nan_loss(cost: str, mode: str) -> None:
+    y_true = f32([[[0, 0, 1, 1]], [[0, 0, 1, 1]], [[NAN, 0, 1, 1]]])  # [3, 1, 4]
+    y_pred = f32(
+        [
+            [[0, 0, NAN, 1], [0, 0, 1, 1]],  # a NaN prediction, even an unused one: NaN
+            [[0, 0, 1, 1], [INF, 0, 1, 1]],  # an inf prediction, avoidable: finite
+            [[0, 0, 1, 1], [0, 0, 2, 2]],  # a NaN target: NaN
+        ]
+    )
+    matrix = run(IoUCost() if cost == "iou" else GIoUCost(), y_true, y_pred, mode=mode)
+    np.testing.assert_array_equal(
+        np.isnan(matrix[:, 0]), [[True, False], [False, True], [True, True]]
+    )
+    value, _, grad, indices = outcome(per_sample(cost=cost), y_true, y_pred, mode)
+    np.testing.assert_array_equal(np.isnan(value), [True, False, True])
+    assert value[1] == 0.0 and np.all(np.isfinite(grad[1]))
+    np.testing.assert_array_equal(grad[1, 1], np.zeros(4))  # the inf box: no gradient
+    np.testing.assert_array_equal(indices, [[1], [0], [-1]])
+
+
+# ------------------------------------- 3. inf predictions: finite gradients, or no loss 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_inf_prediction_that_is_not_needed_leaves_gradients_finite(mode: str) -> None:
+    # Prediction 0 is inf: padding and unmatched targets must not gather it.
+    target = [0.1, 0.2, 0.3, 0.4]
+    y_true = f32([[target, [PAD] * 4, [PAD] * 4, target]] * 2)  # [2, 4, 4]: M > N
+    y_pred = f32(
+        [
+            [[INF, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]],
+            [[-INF, INF, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]],
+        ]
+    )  # [2, 3, 4]
+    for cost in ("l2", {"l1": 5.0, "giou": 2.0}):
+        value, grad_true, grad_pred, indices = outcome(per_sample(cost=cost), y_true, y_pred, mode)
+        assert np.all(np.isfinite(value)), cost
+        assert np.all(np.isfinite(grad_pred)) and np.all(np.isfinite(grad_true)), cost
+        np.testing.assert_array_equal(grad_pred[:, 0], np.zeros((2, 4)))
+        assert not np.any(indices == 0), cost
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_target_left_unmatched_because_of_inf_predictions_makes_the_loss_inf(mode: str) -> None:
+    target = [0.1, 0.2, 0.3, 0.4]
+    y_true = f32(
+        [
+            [target, [PAD] * 4],  # one target, its only prediction is inf
+            [target, target],  # two targets, one finite prediction
+            [target, target],  # M > N: both predictions are needed, one is inf
+            [target, [INF, 0, 0, 0]],  # an inf target: broken data
+        ]
+    )
+    y_pred = f32(
+        [
+            [[INF] * 4, [-INF] * 4],
+            [[0.0] * 4, [INF] * 4],
+            [[0.0] * 4, [-INF] * 4],
+            [[0.0] * 4, [1.0] * 4],
+        ]
+    )
+    for cost in ("l2", "giou"):
+        value, _, _, indices = outcome(per_sample(cost=cost), y_true, y_pred, mode)
+        np.testing.assert_array_equal(value, [INF, INF, INF, INF], err_msg=str(cost))
+        np.testing.assert_array_equal(indices, [[-1, -1], [0, -1], [0, -1], [0, -1]])
+    # With more targets than predictions, a target left over is not a failure.
+    value, *_ = outcome(per_sample(), y_true, y_pred[:, :1], mode)
+    np.testing.assert_array_equal(np.isfinite(value), [False, True, True, False])
+
+
+# ---------------------------------------------- 4. a cost of the wrong shape is rejected
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cost_callable_of_the_wrong_shape_is_rejected_with_names_and_shapes(mode: str) -> None:
+    def drops_a_prediction(y_true: Any, y_pred: Any) -> Any:
+        return L1Cost()(y_true, y_pred[:, 1:])  # [B, M, N - 1]
+
+    def one_value_per_target(y_true: Any, y_pred: Any) -> Any:
+        return ops.sum(y_true, axis=-1)  # [B, M]
+
+    y_true, y_pred = f32(np.zeros((2, 3, 4))), f32(np.ones((2, 5, 4)))
+    for cost, received in ((drops_a_prediction, "(2, 3, 4)"), (one_value_per_target, "(2, 3)")):
+        loss = per_sample(cost=cost)
+        for fn in (loss, loss.match):
+            with pytest.raises(ValueError, match=cost.__name__) as error:
+                run(fn, y_true, y_pred, mode=mode)
+            assert "(2, 3, 5)" in str(error.value) and received in str(error.value)
+
+
+# -------------------------------------------------------- 5. legal inputs do not crash
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_zero_predictions_and_zero_targets(mode: str) -> None:
+    target = [[0.1, 0.2, 0.3, 0.4], [PAD] * 4]
+    for cost in ("l2", {"l1": 5.0, "giou": 2.0}):
+        loss = per_sample(cost=cost)
+        value, _, grad, indices = outcome(loss, f32([target] * 2), f32(np.zeros((2, 0, 4))), mode)
+        np.testing.assert_array_equal(value, [0.0, 0.0])
+        assert grad.shape == (2, 0, 4)
+        np.testing.assert_array_equal(indices, -np.ones((2, 2)))
+        value, _, grad, indices = outcome(loss, f32(np.zeros((2, 0, 4))), f32([target] * 2), mode)
+        np.testing.assert_array_equal(value, [0.0, 0.0])
+        np.testing.assert_array_equal(grad, np.zeros((2, 2, 4)))
+        assert indices.shape == (2, 0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_variables_as_inputs(mode: str) -> None:
+    y_true = f32([[[1, 2, 3, 4], [5, 6, 7, 8], [PAD] * 4]])
+    y_pred = f32([[[1, 1, 1, 1], [2, 2, 2, 2]]])
+    loss = HungarianLoss()
+    expected = float(loss(y_true, y_pred))
+    assert expected == pytest.approx(6.50763825, abs=1e-5)
+    variables: list[Any] = [keras.Variable(y_pred)]
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        variables.append(tf.Variable(y_pred))
+    for variable in variables:
+        assert float(run(lambda t, v=variable: loss(t, v), y_true, mode=mode)) == pytest.approx(
+            expected, abs=1e-5
+        )
+        np.testing.assert_array_equal(
+            run(lambda t, v=variable: loss.match(t, v), y_true, mode=mode), [[0, 1, -1]]
+        )
+
+
+# ------------------------------------------- 6. GIoU of huge finite boxes stays finite
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_iou_and_giou_of_huge_finite_boxes(mode: str) -> None:
+    for big in (1e20, 3e38):
+        boxes1 = f32([[[0, 0, big, big], [-big, -big, big, big]]])  # [1, 2, 4]
+        boxes2 = f32([[[0, 0, big / 2, big / 2], [-big, -big, 0, 0], [big / 2, 0, big, big]]])
+        iou = run(pairwise_iou, boxes1, boxes2, mode=mode)
+        giou = run(pairwise_giou, boxes1, boxes2, mode=mode)
+        np.testing.assert_allclose(iou[0], [[0.25, 0.0, 0.5], [1 / 16, 0.25, 1 / 8]], atol=1e-6)
+        np.testing.assert_allclose(giou[0], [[0.25, -0.5, 0.5], [1 / 16, 0.25, 1 / 8]], atol=1e-6)
+    # The loss on such boxes: finite, with finite gradients.
+    y_true = f32([[[0, 0, 1e20, 1e20]], [[-3e38, -3e38, 3e38, 3e38]]])
+    y_pred = f32([[[0, 0, 5e19, 5e19]], [[0, 0, 3e38, 3e38]]])
+    value, grad_true, grad_pred, _ = outcome(per_sample(cost="giou"), y_true, y_pred, mode)
+    np.testing.assert_allclose(value, [0.75, 0.75], rtol=1e-6)
+    assert np.all(np.isfinite(grad_pred)) and np.all(np.isfinite(grad_true))
+
+
+# ------------------------------------------------------------- 7. checks at the boundary
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_numpy_scalar_and_nan_padding_values(mode: str) -> None:
+    y_true = f32([[[1, 2, 3, 4], [PAD] * 4]])
+    y_pred = f32([[[1, 2, 3, 5], [0, 0, 0, 0]]])
+    expected = run(per_sample(), y_true, y_pred, mode=mode)
+    np.testing.assert_allclose(expected, [1.0])
+    for padding_value in (np.float32(-1.0), np.float64(-1.0), np.int32(-1)):
+        loss = per_sample(padding_value=padding_value)
+        np.testing.assert_array_equal(run(loss, y_true, y_pred, mode=mode), expected)
+        assert loss.get_config()["padding_value"] == -1.0
+    nan_padded = np.where(y_true == PAD, NAN, y_true).astype("float32")
+    loss = per_sample(padding_value=float("nan"))
+    np.testing.assert_array_equal(run(loss, nan_padded, y_pred, mode=mode), expected)
+    np.testing.assert_array_equal(run(loss.match, nan_padded, y_pred, mode=mode), [[0, -1]])
+    with pytest.raises(ValueError, match="padding_value"):
+        HungarianLoss(padding_value=True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_target_mask_of_the_wrong_batch_size_is_a_value_error(mode: str) -> None:
+    class WrongMask(HungarianLoss):
+        def target_mask(self, y_true: Any) -> Any:
+            return ops.concatenate([super().target_mask(y_true)] * 2, axis=0)  # [2B, M]
+
+    y_true, y_pred = f32(np.zeros((2, 3, 4))), f32(np.ones((2, 3, 4)))
+    with pytest.raises(ValueError, match=r"target_mask.*\(2, 3\).*\(4, 3\)"):
+        run(WrongMask(), y_true, y_pred, mode=mode)
+
+
+def test_unknown_number_of_items_names_the_fix() -> None:
+    """Only traced code can have an unknown M (there is no eager variant of this item)."""
+    loss = HungarianLoss()
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        spec = tf.TensorSpec([None, None, 4], "float32")
+        traced = tf.function(loss, input_signature=[spec, tf.TensorSpec([None, 5, 4])])
+        with pytest.raises(ValueError, match=r"padded_shapes.*y_true\.shape=\(None, None, 4\)"):
+            traced.get_concrete_function()
+    else:
+        import jax
+
+        shape = jax.export.symbolic_shape("b, m, 4")
+        y_true = jax.ShapeDtypeStruct(shape, "float32")
+        y_pred = jax.ShapeDtypeStruct((shape[0], 5, 4), "float32")
+        with pytest.raises(ValueError, match="padded_shapes"):
+            jax.eval_shape(loss, y_true, y_pred)
+
+
+# ------------------------------------------------------------------- the property test
+
+SPECIAL = [0.0, 1e-30, -1e-30, 1e20, -1e20, 3e38, -3e38, INF, -INF, NAN]
+BATCH, M, N, CLASSES = 8, 4, 3, 3  # M > N; padding rows make M <= N too
+
+# Layout: y_true = [box (4), class id], y_pred = [box (4), CLASSES logits].
+BOX = [0, 4]
+PROPERTY_COSTS = {
+    "l1": L1Cost(channels=BOX),
+    "l2": L2Cost(channels=BOX),
+    "squared_l2": SquaredL2Cost(channels=BOX),
+    "iou": IoUCost(),
+    "giou": GIoUCost(),
+    "class_probability": ClassProbabilityCost(),
+    "focal_class": FocalClassCost(),
+    "weighted": WeightedCost(
+        [(L1Cost(channels=BOX), 5.0), (GIoUCost(), 2.0), (ClassProbabilityCost(), 1.0)]
+    ),
+}
+
+
+@functools.cache
+def property_step(name: str) -> Callable[..., tuple[np.ndarray, ...]]:
+    """Compiled once per cost: loss, gradients, matching and cost of one batch."""
+    loss = per_sample(cost=PROPERTY_COSTS[name])
+    grads = with_grads(loss)
+
+    def step(t: Any, p: Any) -> tuple[Any, ...]:
+        return (*grads(t, p), loss.cost_fn(t, p))
+
+    return compile_for(step, "compiled")  # type: ignore[no-any-return]
+
+
+@st.composite
+def extreme_batches(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    """`y_true [B, M, 5]`, `y_pred [B, N, 4 + C]`: ordinary values with extreme ones mixed
+    in (about one in five), and a random number of padding rows per sample."""
+
+    def values(shape: tuple[int, ...], ordinary: st.SearchStrategy[float]) -> np.ndarray:
+        base = draw(hnp.arrays("float32", shape, elements=ordinary))
+        extreme = draw(hnp.arrays("float32", shape, elements=st.sampled_from(SPECIAL)))
+        which = draw(hnp.arrays("int8", shape, elements=st.integers(0, 4)))
+        return np.where(which == 0, extreme, base).astype("float32")
+
+    box = st.floats(-2.0, 2.0, width=32)
+    y_true = values((BATCH, M, 5), box)
+    y_true[..., 4] = values((BATCH, M), st.sampled_from([0.0, 1.0, 2.0]))
+    y_pred = values((BATCH, N, 4 + CLASSES), box)
+    counts = draw(hnp.arrays("int8", (BATCH,), elements=st.integers(0, M)))
+    y_true[np.arange(M)[None, :] >= counts[:, None]] = PAD
+    return y_true, y_pred
+
+
+def max_matching(allowed: np.ndarray) -> int:
+    """Size of a maximum matching on the allowed pairs of `[M, N]`."""
+    if allowed.size == 0:
+        return 0
+    rows, cols = scipy.optimize.linear_sum_assignment(-allowed.astype("float64"))
+    return int(allowed[rows, cols].sum())
+
+
+def check_policy(
+    y_true: np.ndarray, y_pred: np.ndarray, outputs: tuple[np.ndarray, ...], name: str
+) -> None:
+    value, grad_true, grad_pred, indices, cost = outputs
+    real = ~np.all(y_true == PAD, axis=-1)  # [B, M]
+    finite_true = np.all(np.isfinite(y_true), axis=-1)  # [B, M]
+    finite_pred = np.all(np.isfinite(y_pred), axis=-1)  # [B, N]
+    for b in range(BATCH):
+        where = f"{name}, sample {b}: loss {value[b]}, indices {indices[b]}"
+        # The matching is a valid partial matching of real targets on allowed pairs only ...
+        assert_is_matching(indices[b], N)
+        assert np.all(indices[b][~real[b]] == -1), where
+        allowed = (
+            real[b][:, None]
+            & finite_true[b][:, None]
+            & finite_pred[b][None, :]
+            & np.isfinite(cost[b])
+        )  # [M, N]
+        rows = np.flatnonzero(indices[b] >= 0)
+        assert np.all(allowed[rows, indices[b][rows]]), where
+        # ... and matches as many targets as the allowed pairs can.
+        assert len(rows) == max_matching(allowed), where
+        # Non-finite input on a matched or forced pair => non-finite loss.
+        nan_input = np.isnan(y_true[b][real[b]]).any() or (
+            real[b].any() and np.isnan(y_pred[b]).any()
+        )
+        nan_cost = np.isnan(cost[b][real[b][:, None] & finite_true[b][:, None] & finite_pred[b]])
+        forced = (~finite_true[b] & real[b]).any() or len(rows) < min(real[b].sum(), N)
+        if nan_input or nan_cost.any():
+            assert np.isnan(value[b]), where
+        elif forced:
+            assert value[b] == INF, where
+        else:
+            # Otherwise the loss is the mean matched cost, finite.
+            expected = cost[b][rows, indices[b][rows]].astype("float64")
+            expected = expected.mean() if len(rows) else 0.0
+            assert np.isfinite(value[b]), where
+            np.testing.assert_allclose(value[b], expected, rtol=1e-4, atol=1e-5, err_msg=where)
+        # Finite loss => finite gradients; a broken sample adds no gradient; no target =>
+        # loss 0 and no gradient.
+        if np.isfinite(value[b]):
+            assert np.all(np.isfinite(grad_pred[b])), where
+            assert np.all(np.isfinite(grad_true[b])), where
+        else:
+            assert not np.any(grad_pred[b]) and not np.any(grad_true[b]), where
+        if not real[b].any():
+            assert value[b] == 0.0 and not np.any(grad_pred[b]), where
+
+
+@pytest.mark.parametrize("name", list(PROPERTY_COSTS))
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(batch=extreme_batches())
+def test_failure_policy_holds_for_every_builtin_cost(
+    name: str, batch: tuple[np.ndarray, np.ndarray]
+) -> None:
+    y_true, y_pred = batch
+    check_policy(y_true, y_pred, property_step(name)(y_true, y_pred), name)
