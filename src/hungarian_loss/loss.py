@@ -449,7 +449,7 @@ class HungarianLoss(keras.losses.Loss):
                     + (" or 4 ([batch, sets, items, features])" if arg == "y_pred" else "")
                     + f". Received: {arg}.shape={shape}"
                 )
-            if any(size is None for size in shape[1:]):
+            if any(not isinstance(size, int) for size in shape[1:]):  # None or symbolic
                 raise ValueError(
                     f"Expected the sizes of `{arg}` after the batch axis (the number of items "
                     "and of features) to be known when the graph is traced: pad every batch "
