@@ -91,7 +91,7 @@ def solver_rows(repeats: int, cases: list[str]) -> list[dict]:
                 expected = host[b][np.flatnonzero(ref), reference[b][ref]].astype("float64").sum()
                 assert ok.sum() == ref.sum(), (case, name, b)
                 assert abs(total - expected) <= 1e-5 * max(1.0, abs(expected)), (case, name, b)
-        strategy = assignment._resolve("auto", min(m, n), max(m, n))
+        strategy = assignment._resolve("auto", batch, min(m, n), max(m, n))
         full_mask = np.ones((batch, m), bool) if host_mask is None else host_mask
         _, steps = jax.jit(functools.partial(assignment._assign_with_steps, strategy=strategy))(
             cost, full_mask, np.ones((batch, n), bool)

@@ -222,17 +222,20 @@ def hostage_lines(results: dict[str, Any]) -> list[str]:
         kind, _, shape = case.rpartition(":")
         if kind != "mixij" or shape not in results:
             continue
-        for contender in ("ours_tf", "ours_jax", "scipy_tf", "scipy_jax"):
+        lines += [
+            f"One c = i*j sample in a batch of uniform ones ({case_label(shape)}), time / the "
+            "all-uniform batch's:",
+            "",
+        ]
+        for contender in ("ours_tf", "ours_jax", "scipy_tf", "scipy_jax", "optax"):
             mixed, uniform = (
                 median_of(results, case, contender),
                 median_of(results, shape, contender),
             )
             if mixed and uniform:
                 lines.append(f"- {LABELS[contender]}: {times(mixed / uniform)}x")
-    if not lines:
-        return []
-    title = f"One c = i*j sample in a batch of uniform ones, time / all-uniform batch ({shape}):"
-    return [title, "", *lines, ""]
+        lines.append("")
+    return lines
 
 
 def exactness_lines(group: dict[str, Any]) -> list[str]:

@@ -116,7 +116,7 @@ def loop_steps(x: Any) -> dict[str, int]:
     cost, row_mask = split(x)
     batch, rows, cols = cost.shape
     row_mask = np.ones((batch, rows), bool) if row_mask is None else row_mask
-    strategy = assignment._resolve("auto", min(rows, cols), max(rows, cols))
+    strategy = assignment._resolve("auto", batch, min(rows, cols), max(rows, cols))
     _, steps = assignment._assign_with_steps(cost, row_mask, np.ones((batch, cols), bool), strategy)
     names = ("auction_rounds", "phases", "bellman_ford_rounds", "light_steps")
     return {"strategy": strategy, **dict(zip(names, map(int, np.asarray(steps)), strict=True))}

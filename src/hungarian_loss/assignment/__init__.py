@@ -87,7 +87,8 @@ def linear_sum_assignment(
         sequential steps of `"steps"` on square problems, each heavier.
       - `"auto"` (default): `"phases"` where the backend's default device is a GPU or
         TPU (a loop step's fixed cost dominates there) and, on the CPU, for near-square
-        problems from 200 rows; `"steps"` otherwise.
+        problems from 200 rows with at most 2 million costs in the batch; `"steps"`
+        otherwise.
 
     Every loop has a bound that follows from `M` and `N` (above), passed to the loop.
     Working memory beyond the cost matrix is one reduced-cost matrix `[B, R, C]` (for
@@ -169,7 +170,7 @@ def linear_sum_assignment(
             row_mask = ops.ones_like(cost[:, :, 0], dtype="bool")
         if col_mask is None:
             col_mask = ops.ones_like(cost[:, 0, :], dtype="bool")
-        strategy = _resolve(strategy, min(m, n), max(m, n))
+        strategy = _resolve(strategy, cost.shape[0], min(m, n), max(m, n))
         result = _compiled(_ASSIGN[strategy])(cost, row_mask, col_mask)
     return result[0] if single else result
 
@@ -249,19 +250,23 @@ def _auction_rounds(strategy: str, rows: int, cols: int) -> int:
     return _STEPS_AUCTION_ROUNDS if 2 * rows > cols else 0
 
 
-def _resolve(strategy: str, rows: int, cols: int) -> str:
+def _resolve(strategy: str, batch: int | None, rows: int, cols: int) -> str:
     """`"auto"` made concrete: phases on accelerators and for large near-square problems."""
     if strategy != "auto":
         return strategy
     if _on_accelerator():
         return "phases"
-    # On CPU a Bellman-Ford round costs tens of light steps; it pays where paths are many and
-    # long (measured with JAX: 2x200x200 0.8x, 4x300x300 0.6x, 1x1000x1000 0.3-0.5x the time).
-    return "phases" if rows >= _CPU_PHASES_ROWS and 2 * rows > cols else "steps"
+    # On CPU a Bellman-Ford round costs tens of light steps and grows with the whole batch;
+    # it pays where paths are many and long and the batch is small (measured with JAX:
+    # 4x300x300 0.6x, 1x1000x1000 0.3-0.5x the time of light steps; 16x400x400 1.1x,
+    # 64x300x300 2.5x).
+    small = batch is not None and batch * rows * cols <= _CPU_PHASES_ELEMENTS
+    return "phases" if rows >= _CPU_PHASES_ROWS and 2 * rows > cols and small else "steps"
 
 
 _STEPS_AUCTION_ROUNDS = 4
 _CPU_PHASES_ROWS = 200
+_CPU_PHASES_ELEMENTS = 2_000_000
 
 
 _ASSIGN: dict[str, Callable[..., Tensor]] = {

@@ -64,16 +64,18 @@ def normalize(cost: Tensor, allowed: Tensor) -> Tensor:
     rows = cost.shape[1]
     dtype = cost.dtype
     big = largest(dtype)
-    magnitude = ops.max(ops.where(allowed, ops.abs(cost), 0.0), axis=(1, 2), keepdims=True)
+    hi = ops.max(ops.where(allowed, cost, -big), axis=(1, 2), keepdims=True)  # [B, 1, 1]
+    lo = ops.min(ops.where(allowed, cost, big), axis=(1, 2), keepdims=True)  # [B, 1, 1]
+    some = lo <= hi  # [B, 1, 1]: the sample has an allowed pair
+    hi, lo = ops.where(some, hi, 0.0), ops.where(some, lo, 0.0)
+    magnitude = ops.maximum(ops.abs(hi), ops.abs(lo))  # [B, 1, 1]
     # After shrinking, (R + 1) spans of at most twice the magnitude stay below 2^-3 * big.
     shrink = 2.0 ** -((4 * (rows + 1)).bit_length() + 3)
     scale = ops.where(
         magnitude > big * shrink, shrink, ops.where(magnitude < 2.0**-60, 2.0**60, 1.0)
     )  # float32 powers of two
-    scale = ops.cast(scale, dtype)  # [B, 1, 1], a power of two
-    scaled = ops.where(allowed, cost * scale, 0.0)  # [B, R, C]
-    lo = ops.min(ops.where(allowed, scaled, big), axis=(1, 2), keepdims=True)  # [B, 1, 1]
-    shifted = ops.where(allowed, scaled - lo, 0.0)  # [B, R, C], in [0, span]
-    span = ops.max(shifted, axis=(1, 2), keepdims=True)  # [B, 1, 1]
+    scale = ops.cast(scale, dtype)  # [B, 1, 1]
+    lo = lo * scale
+    span = hi * scale - lo  # [B, 1, 1], no overflow after scaling
     forbidden = float(rows + 1) * ops.where(span > 0, span, 1.0)
-    return ops.where(allowed, shifted, forbidden)
+    return ops.where(allowed, cost * scale - lo, forbidden)  # [B, R, C]
