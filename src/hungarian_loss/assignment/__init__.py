@@ -87,8 +87,7 @@ def linear_sum_assignment(
         sequential steps of `"steps"` on square problems, each heavier.
       - `"auto"` (default): `"phases"` where the backend's default device is a GPU or
         TPU (a loop step's fixed cost dominates there) and, on the CPU, for near-square
-        problems from 200 rows with at most 2 million costs in the batch; `"steps"`
-        otherwise.
+        problems from 200 rows in batches of one or two; `"steps"` otherwise.
 
     Every loop has a bound that follows from `M` and `N` (above), passed to the loop.
     Working memory beyond the cost matrix is one reduced-cost matrix `[B, R, C]` (for
@@ -257,16 +256,16 @@ def _resolve(strategy: str, batch: int | None, rows: int, cols: int) -> str:
     if _on_accelerator():
         return "phases"
     # On CPU a Bellman-Ford round costs tens of light steps and grows with the whole batch;
-    # it pays where paths are many and long and the batch is small (measured with JAX:
-    # 4x300x300 0.6x, 1x1000x1000 0.3-0.5x the time of light steps; 16x400x400 1.1x,
-    # 64x300x300 2.5x).
-    small = batch is not None and batch * rows * cols <= _CPU_PHASES_ELEMENTS
-    return "phases" if rows >= _CPU_PHASES_ROWS and 2 * rows > cols and small else "steps"
+    # it pays for long paths in one or two samples (measured with JAX, against light steps:
+    # 2x200x200 0.8x, 2x300x300 0.6x, 1x1000x1000 0.8x; but 4x300x300 1.3-1.8x, 16x400x400
+    # 1.1x and 64x300x300 2.5x).
+    few = batch is not None and batch <= _CPU_PHASES_MAX_BATCH
+    return "phases" if few and rows >= _CPU_PHASES_ROWS and 2 * rows > cols else "steps"
 
 
 _STEPS_AUCTION_ROUNDS = 4
 _CPU_PHASES_ROWS = 200
-_CPU_PHASES_ELEMENTS = 2_000_000
+_CPU_PHASES_MAX_BATCH = 2
 
 
 _ASSIGN: dict[str, Callable[..., Tensor]] = {
