@@ -34,7 +34,7 @@ def jit(fn: Callable[..., Any]) -> Callable[..., Any]:
     if BACKEND == "torch":
         import torch
 
-        compiled_fn = torch.compile(fn, fullgraph=True, dynamic=False)
+        compiled_fn = torch.compile(fn, dynamic=False)
 
         def call(*args: Any) -> Any:
             return compiled_fn(*(keras.ops.convert_to_tensor(a) for a in args))
