@@ -30,7 +30,7 @@ __all__ = ["compiled", "outside_torch_compile", "while_loop"]
 Tensor = Any
 
 
-class compiled:  # noqa: N801  (used like a decorator)
+class compiled:  # used like a decorator, hence the lower case
     """`fn` compiled for the active backend, built on the first call.
 
     - TensorFlow: `tf.function(jit_compile=True)`, once per input shape; inside a graph
