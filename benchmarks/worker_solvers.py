@@ -79,11 +79,19 @@ def make_ours_torch() -> Contender:
 
     from hungarian_loss import linear_sum_assignment
 
-    def run(cost: Any) -> np.ndarray:
-        return linear_sum_assignment(cost).cpu().numpy()
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Contender(run=run, prepare=lambda x: torch.tensor(x, device=device))
+
+    def prepare(x: Any) -> Any:
+        return (
+            tuple(torch.tensor(a, device=device) for a in x)
+            if isinstance(x, tuple)
+            else (torch.tensor(x, device=device))
+        )
+
+    def run(x: Any) -> np.ndarray:
+        return linear_sum_assignment(*split(x)).cpu().numpy()
+
+    return Contender(run=run, prepare=prepare)
 
 
 def make_optax() -> Contender:

@@ -81,7 +81,7 @@ def _compile(fn: Callable[..., Tensor], backend: str) -> Callable[..., Tensor]:
         # kernel, and a parallel region per step costs more than it saves, far more
         # when the cores are busy (measured 4970 ms against 84 ms per call at
         # (16, 100, 100) on a loaded 2-core CPU).
-        options = {"cpp.threads": 1}
+        options: dict[str, Any] = {"cpp.threads": 1}
         torch_compiled: Callable[..., Tensor] = torch.compile(fn, dynamic=False, options=options)
         return torch_compiled
     return fn
