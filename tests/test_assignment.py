@@ -276,6 +276,8 @@ def structured_batch(n: int) -> tuple[np.ndarray, list[str]]:
     return np.stack(list(kinds.values())).astype("float32"), list(kinds)
 
 
+# On torch, compiled: Keras's Python loop would take tens of thousands of eager steps here.
+@pytest.mark.usefixtures("torch_compile")
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("n", [200, 500])
 def test_large_structured_parity(n: int, strategy: str) -> None:
