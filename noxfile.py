@@ -17,13 +17,30 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
 
 PYTHON = "3.11"
-BACKENDS = ["tensorflow", "jax"]
+BACKENDS = ["tensorflow", "jax", "torch"]
+# PyTorch, CPU build. pip on Python 3.11 takes this release from a wheel on the CI machine's
+# disk (its pip configuration's find-links), a CPU build of about 200 MB; uv does not look
+# there and would download a CUDA build of several GB. So torch is installed with pip, first,
+# before anything that could pull another build in.
+TORCH = "torch==2.13.0"
+
+
+def install_torch(session: nox.Session) -> None:
+    """Installs the CPU build of PyTorch with pip (also inside a uv-made environment)."""
+    session.install("pip")
+    session.run("python", "-m", "pip", "install", "--only-binary=:all:", TORCH)
+    session.run(
+        "python",
+        "-c",
+        "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)",
+    )
 
 
 @nox.session(python=PYTHON)
 @nox.parametrize("backend", BACKENDS)
 def tests(session: nox.Session, backend: str) -> None:
     """Run the test suite and the docstring examples on one Keras backend."""
+    install_torch(session)  # on every backend: the docs' torch example runs in a torch process
     session.install("-e", ".[test,jax]")
     env = {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
     args = session.posargs or ["tests"]

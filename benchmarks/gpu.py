@@ -1,6 +1,7 @@
 """Solver and training step on a GPU (JAX backend), against SciPy's loop and optax.
 
-Run on a machine with a CUDA GPU and jax[cuda]: `KERAS_BACKEND=jax python benchmarks/gpu.py`.
+Run on a machine with a CUDA GPU and jax[cuda]: `KERAS_BACKEND=jax python benchmarks/gpu.py`
+(PyTorch on CUDA: benchmarks/gpu_torch.py).
 SciPy's time includes copying the cost matrices from the device to the host, as a
 host-side matcher must. Prints a markdown table of medians and ratios.
 """

@@ -12,6 +12,8 @@ LABELS = {
     "scipy_tf": "SciPy loop (TF process)",
     "scipy_jax": "SciPy loop (JAX process)",
     "optax": "optax (jit + vmap)",
+    "ours_torch": "ours, torch (torch.compile)",
+    "scipy_torch": "SciPy loop (torch process)",
     "ours_xla": "ours, tf.function(jit_compile=True)",
     "ours_graph": "ours, tf.function",
     "hl103_xla": "1.0.3, tf.function(jit_compile=True)",
@@ -24,6 +26,8 @@ LABELS = {
     "one_call_jax": "ours, all layers in one call (JAX, jit)",
     "layer_calls_jax": "ours, one call per layer (JAX, jit)",
     "host_scipy_jax": "device cost + copy + SciPy per image and layer (JAX)",
+    "hungarian_torch": "torch: HungarianLoss(l1: 5, giou: 2)",
+    "ordered_l1_torch": "torch: order-bound L1 (no matching)",
 }
 
 # (label, numerator, denominator): medians of the same case.
@@ -32,13 +36,28 @@ SOLVER_RATIOS = [
     ("ours JAX / SciPy", "ours_jax", "scipy_jax"),
     ("ours TF / optax", "ours_tf", "optax"),
     ("ours JAX / optax", "ours_jax", "optax"),
+    ("ours torch / ours JAX", "ours_torch", "ours_jax"),
+    ("ours torch / SciPy", "ours_torch", "scipy_torch"),
 ]
 LOSS_RATIOS = [
     ("ours XLA / 1.0.3 XLA", "ours_xla", "hl103_xla"),
     ("ours graph / 1.0.3 graph", "ours_graph", "hl103_graph"),
     ("ours XLA / 1.0.3 graph", "ours_xla", "hl103_graph"),
+    ("ours torch / ours XLA", "ours_torch", "ours_xla"),
 ]
-TRAIN_RATIOS = [("Hungarian / ordered L1", "hungarian", "ordered_l1")]
+TRAIN_RATIOS = [
+    ("TF: Hungarian / ordered L1", "hungarian", "ordered_l1"),
+    ("torch: Hungarian / ordered L1", "hungarian_torch", "ordered_l1_torch"),
+]
+SOLVER_COLUMNS = [
+    "ours_tf",
+    "ours_jax",
+    "ours_torch",
+    "scipy_tf",
+    "scipy_jax",
+    "scipy_torch",
+    "optax",
+]
 LAYERS_RATIOS = [
     ("one call / per-layer calls, TF", "one_call_tf", "layer_calls_tf"),
     ("one call / host SciPy, TF", "one_call_tf", "host_scipy_tf"),
@@ -49,7 +68,6 @@ LAYERS_COLUMNS = [
     "one_call_tf", "layer_calls_tf", "host_scipy_tf",
     "one_call_jax", "layer_calls_jax", "host_scipy_jax",
 ]  # fmt: skip
-SOLVER_COLUMNS = ["ours_tf", "ours_jax", "scipy_tf", "scipy_jax", "optax"]
 UNAVAILABLE = "unavailable"
 
 
@@ -169,7 +187,7 @@ def solver_lines(group: dict[str, Any]) -> list[str]:
         ]
         for case in cases
     ]
-    compiled = ["ours_tf", "ours_jax", "optax"]
+    compiled = ["ours_tf", "ours_jax", "ours_torch", "optax"]
     compile_rows = [
         [case_label(case), *(seconds(first_call_of(results, case, c)) for c in compiled)]
         for case in cases
@@ -271,7 +289,7 @@ def loss_lines(group: dict[str, Any], config: dict[str, Any]) -> list[str]:
         f"## Loss: `hungarian_loss(y_true, y_pred)`, Euclidean cost, ({batch}, {count}, 4) boxes",
         "",
     ]
-    contenders = ["ours_xla", "ours_graph", "hl103_xla", "hl103_graph"]
+    contenders = ["ours_xla", "ours_graph", "ours_torch", "hl103_xla", "hl103_graph"]
     rows = [
         [
             LABELS[c],
@@ -363,7 +381,7 @@ def timeout_lines(worker: dict[str, Any]) -> list[str]:
 def train_lines(group: dict[str, Any], config: dict[str, Any]) -> list[str]:
     spec = config["train"]
     lines = [
-        "## Training step: `model.train_on_batch`, TF backend, `jit_compile=True`",
+        "## Training step: `model.train_on_batch`; TF: `jit_compile=True`, torch: Keras's default",
         "",
         f"Dense head: {spec['features']} features -> 256 -> {spec['predictions']} boxes x 4 "
         f"(sigmoid, center_xywh), batch {spec['batch']}, 1 to {spec['targets']} true boxes per "
@@ -374,7 +392,8 @@ def train_lines(group: dict[str, Any], config: dict[str, Any]) -> list[str]:
     rows = [
         [LABELS[c], median_cell(results, case, c), seconds(first_call_of(results, case, c))]
         for case in results
-        for c in ("hungarian", "ordered_l1")
+        for c in ("hungarian", "ordered_l1", "hungarian_torch", "ordered_l1_torch")
+        if c in results[case]
     ]
     lines += table(["loss", "median ms / step", "first step s (compile)"], rows)
     for case_ratios in group["ratios"].values():

@@ -10,9 +10,10 @@ then time one repeat round each time they are asked: the rounds of the processes
 interleaved, so that slow phases of a noisy machine hit every contender alike.
 
 Groups, run one after the other:
-- solvers: ours on TensorFlow (XLA) and on JAX, SciPy's loop, optax under jit + vmap;
-- loss: our `hungarian_loss` against 1.0.3's on the same `[32, 10, 4]` boxes;
-- train: `train_on_batch` of a DETR-like head with `HungarianLoss` against an order-bound L1;
+- solvers: ours on TensorFlow (XLA), on JAX and on PyTorch, SciPy's loop, optax under jit + vmap;
+- loss: our `hungarian_loss` (TensorFlow, PyTorch) against 1.0.3's on the same `[32, 10, 4]` boxes;
+- train: `train_on_batch` of a DETR-like head with `HungarianLoss` against an order-bound L1
+  (TensorFlow and PyTorch).
 - layers: DETR's matching of 6 decoder layers in one call, in 6 calls, and as SciPy's host loop.
 """
 
@@ -64,7 +65,17 @@ DEFAULT_SHAPES = (
 QUICK_SHAPES = ("32x10x10", "32x20x100")
 LEGACY_REQUIREMENT = "hungarian-loss==1.0.3"
 GROUPS = ("solvers", "loss", "train", "layers")
-VERSIONED = ("tensorflow", "keras", "jax", "jaxlib", "optax", "scipy", "numpy", "matplotlib")
+VERSIONED = (
+    "tensorflow",
+    "keras",
+    "jax",
+    "jaxlib",
+    "torch",
+    "optax",
+    "scipy",
+    "numpy",
+    "matplotlib",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -598,13 +609,17 @@ def run_solvers(args: argparse.Namespace, config: dict[str, Any], log_dir: Path)
     specs = [
         backend_spec("solvers-tensorflow", "worker_solvers.py", "tensorflow", args),
         backend_spec("solvers-jax", "worker_solvers.py", "jax", args),
+        backend_spec("solvers-torch", "worker_solvers.py", "torch", args),
     ]
     outcomes = run_group("solvers", specs, config, schedule(args), log_dir)
     return group_record(outcomes, report.SOLVER_RATIOS)
 
 
 def run_loss(args: argparse.Namespace, config: dict[str, Any], log_dir: Path) -> dict:
-    specs = [backend_spec("loss-ours", "worker_loss.py", "tensorflow", args)]
+    specs = [
+        backend_spec("loss-ours", "worker_loss.py", "tensorflow", args),
+        backend_spec("loss-torch", "worker_loss.py", "torch", args),
+    ]
     legacy_env: dict[str, Any] = {"python": None, "reason": "skipped (--no-legacy)"}
     if not args.no_legacy:
         legacy_env = ensure_legacy_env(args.legacy_venv)
@@ -624,7 +639,10 @@ def run_loss(args: argparse.Namespace, config: dict[str, Any], log_dir: Path) ->
 
 
 def run_train(args: argparse.Namespace, config: dict[str, Any], log_dir: Path) -> dict:
-    specs = [backend_spec("train-tensorflow", "worker_train.py", "tensorflow", args)]
+    specs = [
+        backend_spec("train-tensorflow", "worker_train.py", "tensorflow", args),
+        backend_spec("train-torch", "worker_train.py", "torch", args),
+    ]
     outcomes = run_group("train", specs, config, schedule(args), log_dir)
     return group_record(outcomes, report.TRAIN_RATIOS)
 

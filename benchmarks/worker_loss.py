@@ -1,8 +1,9 @@
-"""Loss worker (TensorFlow backend): our `hungarian_loss(y_true, y_pred)` on `[B, M, 4]` boxes.
+"""Loss worker: our `hungarian_loss(y_true, y_pred)` on `[B, M, 4]` boxes.
 
 Its rounds are interleaved by run.py with worker_legacy.py (hungarian-loss 1.0.3, run in its own
 virtual environment) on the same inputs. Contenders: `ours_xla` (`tf.function(jit_compile=True)`)
-and `ours_graph` (`tf.function`, no XLA).
+and `ours_graph` (`tf.function`, no XLA) on TensorFlow; `ours_torch` (called as is: eager ops, the
+solver compiled by the package with `torch.compile`) on PyTorch.
 """
 
 from __future__ import annotations
@@ -26,9 +27,31 @@ def make_contender(loss_fn: Any, jit_compile: bool) -> Contender:
     )
 
 
+def make_torch_contender(loss_fn: Any) -> Contender:
+    import torch
+
+    return Contender(
+        run=lambda pair: loss_fn(*pair).cpu().numpy(),
+        prepare=lambda pair: tuple(torch.tensor(array) for array in pair),
+    )
+
+
 def loss_values(_: Any, results: dict[str, Any]) -> dict[str, Any]:
     """Mean over the batch of our per-sample values (mean cost over matched pairs)."""
     return {name: {"batch_mean_loss": float(np.mean(value))} for name, value in results.items()}
+
+
+def tensorflow_contenders(info: dict[str, Any]) -> dict[str, Contender]:
+    contenders = {}
+    try:
+        from hungarian_loss import hungarian_loss
+
+        contenders["ours_xla"] = make_contender(hungarian_loss, jit_compile=True)
+        contenders["ours_graph"] = make_contender(hungarian_loss, jit_compile=False)
+    except Exception as error:
+        info["unavailable"]["ours_xla"] = error_summary(error)
+        info["unavailable"]["ours_graph"] = error_summary(error)
+    return contenders
 
 
 def build(config: dict[str, Any]) -> tuple[list[Case], dict[str, Any]]:
@@ -39,15 +62,12 @@ def build(config: dict[str, Any]) -> tuple[list[Case], dict[str, Any]]:
         "hungarian_loss": importlib.metadata.version("hungarian-loss"),
         "unavailable": {},
     }
-    contenders = {}
-    try:
+    if info["backend"] == "torch":
         from hungarian_loss import hungarian_loss
 
-        contenders["ours_xla"] = make_contender(hungarian_loss, jit_compile=True)
-        contenders["ours_graph"] = make_contender(hungarian_loss, jit_compile=False)
-    except Exception as error:
-        info["unavailable"]["ours_xla"] = error_summary(error)
-        info["unavailable"]["ours_graph"] = error_summary(error)
+        contenders = {"ours_torch": make_torch_contender(hungarian_loss)}
+    else:
+        contenders = tensorflow_contenders(info)
     batch, count = config["loss_shape"]
     case = Case(
         name=f"{batch}x{count}x4",

@@ -1,7 +1,9 @@
 """Solver worker: ours on the Keras backend of this process, SciPy, and optax on JAX.
 
 Run by run.py with KERAS_BACKEND set; every contender returns its result on the host.
-Contender names: `ours_tf`, `scipy_tf` (TensorFlow process), `ours_jax`, `optax`, `scipy_jax`.
+Contender names: `ours_tf`, `scipy_tf` (TensorFlow process), `ours_jax`, `optax`, `scipy_jax`,
+`ours_torch`, `scipy_torch` (PyTorch process: the solver as users call it, compiled by the
+package with `torch.compile` once per shape).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from common import Case, Contender, error_summary, parse_case, serve, solver_input
 
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
-SUFFIX = {"tensorflow": "tf", "jax": "jax"}[BACKEND]
+SUFFIX = {"tensorflow": "tf", "jax": "jax", "torch": "torch"}[BACKEND]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,6 +72,26 @@ def make_ours_jax() -> Contender:
 
     solve = jax.jit(linear_sum_assignment)
     return Contender(run=lambda x: np.asarray(solve(*split(x))), prepare=_jax_on_device)
+
+
+def make_ours_torch() -> Contender:
+    import torch
+
+    from hungarian_loss import linear_sum_assignment
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def prepare(x: Any) -> Any:
+        return (
+            tuple(torch.tensor(a, device=device) for a in x)
+            if isinstance(x, tuple)
+            else (torch.tensor(x, device=device))
+        )
+
+    def run(x: Any) -> np.ndarray:
+        return linear_sum_assignment(*split(x)).cpu().numpy()
+
+    return Contender(run=run, prepare=prepare)
 
 
 def make_optax() -> Contender:
@@ -142,12 +164,16 @@ def check_against_scipy(x: Any, results: dict[str, Any]) -> dict[str, Any]:
 def contender_makers() -> dict[str, Any]:
     if BACKEND == "tensorflow":
         return {"ours_tf": make_ours_tensorflow, "scipy_tf": make_scipy}
+    if BACKEND == "torch":
+        return {"ours_torch": make_ours_torch, "scipy_torch": make_scipy}
     return {"ours_jax": make_ours_jax, "optax": make_optax, "scipy_jax": make_scipy}
 
 
 def backend_warm_up() -> float:
     """Seconds for a first tiny compile: one-time backend start-up, kept out of per-shape times."""
-    maker = make_ours_tensorflow if BACKEND == "tensorflow" else make_ours_jax
+    maker = {"tensorflow": make_ours_tensorflow, "torch": make_ours_torch}.get(
+        BACKEND, make_ours_jax
+    )
     contender = maker()
     start = time.perf_counter()
     contender.run(contender.prepare(np.ones((2, 3, 3), np.float32)))
@@ -159,6 +185,10 @@ def devices() -> list[str]:
         import tensorflow as tf
 
         return [device.name for device in tf.config.list_physical_devices()]
+    if BACKEND == "torch":
+        import torch
+
+        return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     import jax
 
     return [str(device) for device in jax.devices()]

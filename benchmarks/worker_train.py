@@ -1,8 +1,10 @@
-"""Training-step worker (TensorFlow backend): a DETR-like box head, two losses.
+"""Training-step worker (TensorFlow or PyTorch backend): a DETR-like box head, two losses.
 
 The model maps a feature vector to `N` boxes (`center_xywh`, sigmoid). Each image has a random
-number (1 to M) of true boxes, padded to `M` rows of -1. Both models are compiled with
-`jit_compile=True` and Adam; contenders (one `model.train_on_batch` per call):
+number (1 to M) of true boxes, padded to `M` rows of -1. Both models are compiled with Adam and
+`jit_compile=True` on TensorFlow, Keras's default (`"auto"`: eager steps, the solver compiled by
+the package) on PyTorch; contenders (one `model.train_on_batch` per call; on PyTorch the names
+end in `_torch`):
 
 - `hungarian`: `HungarianLoss(cost={"l1": 5.0, "giou": 2.0})`, matching inside the step;
 - `ordered_l1`: an order-bound L1 (the first M predictions against the padded targets, padding
@@ -60,9 +62,12 @@ def box_head(features: int, predictions: int, seed: int) -> Any:
 
 
 def make_contender(loss: Any, config: dict[str, Any]) -> Contender:
+    import keras
+
     spec = config["train"]
     model = box_head(spec["features"], spec["predictions"], config["seed"])
-    model.compile(optimizer="adam", loss=loss, jit_compile=True)
+    jit_compile: Any = "auto" if keras.backend.backend() == "torch" else True
+    model.compile(optimizer="adam", loss=loss, jit_compile=jit_compile)
 
     def step(batch: tuple[np.ndarray, np.ndarray]) -> float:
         return float(model.train_on_batch(*batch))
@@ -75,15 +80,16 @@ def build(config: dict[str, Any]) -> tuple[list[Case], dict[str, Any]]:
 
     spec = config["train"]
     info: dict[str, Any] = {"backend": keras.backend.backend(), "unavailable": {}, **spec}
+    suffix = "_torch" if info["backend"] == "torch" else ""
     contenders = {}
     try:
         from hungarian_loss import HungarianLoss
 
         loss = HungarianLoss(cost={"l1": 5.0, "giou": 2.0}, box_format="center_xywh")
-        contenders["hungarian"] = make_contender(loss, config)
+        contenders["hungarian" + suffix] = make_contender(loss, config)
     except Exception as error:
-        info["unavailable"]["hungarian"] = error_summary(error)
-    contenders["ordered_l1"] = make_contender(ordered_l1, config)
+        info["unavailable"]["hungarian" + suffix] = error_summary(error)
+    contenders["ordered_l1" + suffix] = make_contender(ordered_l1, config)
     case = Case(
         name=f"{spec['batch']}x{spec['targets']}->{spec['predictions']}",
         make_input=functools.partial(

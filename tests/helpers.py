@@ -16,7 +16,13 @@ BACKEND = keras.backend.backend()
 
 
 def jit(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Compiles `fn` with XLA on the active backend (TF: jit_compile, JAX: jax.jit)."""
+    """Compiles `fn` as a whole on the active backend.
+
+    TF: `tf.function(jit_compile=True)`, JAX: `jax.jit`, torch: `torch.compile` (what a
+    Keras model with `jit_compile=True` does), with NumPy arguments made tensors first. On
+    torch the suite runs eagerly (conftest.py) unless a test asks for the `torch_compile`
+    fixture; then this compiles.
+    """
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
@@ -25,7 +31,21 @@ def jit(fn: Callable[..., Any]) -> Callable[..., Any]:
         import jax
 
         return jax.jit(fn)
-    raise RuntimeError(f"These tests run on the tensorflow and jax backends, not {BACKEND!r}.")
+    if BACKEND == "torch":
+        import torch
+
+        compiled_fn = torch.compile(fn, dynamic=False)
+
+        def call(*args: Any) -> Any:
+            return compiled_fn(*(keras.ops.convert_to_tensor(a) for a in args))
+
+        return call
+    raise RuntimeError(f"These tests run on tensorflow, jax and torch, not {BACKEND!r}.")
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A tensor of any backend (on any device) as NumPy."""
+    return np.asarray(keras.ops.convert_to_numpy(x))
 
 
 def scipy_total(cost: np.ndarray) -> tuple[float, int]:
@@ -63,6 +83,14 @@ def value_and_grads(fn: Callable[..., Any], *args: np.ndarray) -> tuple[np.ndarr
         grad_fn = jax.grad(total, argnums=tuple(range(len(args))), has_aux=True)
         grads, value = jax.jit(grad_fn)(*args)
         return np.asarray(value), [np.asarray(g) for g in grads]
+    if BACKEND == "torch":
+        import torch
+
+        xs = [ops.convert_to_tensor(a).requires_grad_(True) for a in args]
+        value = fn(*xs)
+        grads = torch.autograd.grad(ops.sum(ops.cast(value, "float32")), xs, allow_unused=True)
+        assert all(g is not None for g in grads)
+        return value.detach().cpu().numpy(), [g.cpu().numpy() for g in grads]
     import tensorflow as tf
 
     xs = [tf.constant(a) for a in args]
@@ -86,6 +114,8 @@ def compiled(fn: Callable[..., Any], *args: np.ndarray) -> np.ndarray:
         import jax
 
         return np.asarray(jax.jit(fn)(*args))
+    if BACKEND == "torch":
+        return to_numpy(jit(fn)(*args))
     import tensorflow as tf
 
     signature = [tf.TensorSpec([None, *a.shape[1:]], a.dtype) for a in args]

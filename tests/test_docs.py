@@ -127,7 +127,7 @@ def test_code_blocks_name_a_known_language(block: Block) -> None:
 
 def test_backend_markers_name_a_backend() -> None:
     for block in PYTHON_BLOCKS:
-        assert block.backend in (None, "tensorflow", "jax"), block.id
+        assert block.backend in (None, "tensorflow", "jax", "torch"), block.id
 
 
 # ----- the API reference ---------------------------------------------------------------------

@@ -240,18 +240,20 @@ def test_set_prediction_beats_order_bound_loss(trained_set_model: Any) -> None:
 
 def _worker_reload(model_path: str, export_dir: str, data_path: str) -> dict[str, Any]:
     """Loads a `.keras` model (after `import hungarian_loss` only) and a SavedModel."""
-    import tensorflow as tf
-
     data = np.load(data_path)
     model = keras.saving.load_model(model_path)
-    exported = tf.saved_model.load(export_dir)  # keep a reference: `serve` uses its variables
-    served = exported.serve(tf.constant(data["x"]))
+    served = None
+    if export_dir != "None":
+        import tensorflow as tf
+
+        exported = tf.saved_model.load(export_dir)  # keep a reference: `serve` uses its variables
+        served = np.asarray(exported.serve(tf.constant(data["x"]))).tolist()
     return {
         "loss_class": f"{type(model.loss).__module__}.{type(model.loss).__qualname__}",
         "loss_config": model.loss.get_config(),
         "loss": model.evaluate(data["x"], data["y"], batch_size=64, verbose=0),
         "predictions": model.predict(data["x"], verbose=0).tolist(),
-        "served": np.asarray(served).tolist(),
+        "served": served,
     }
 
 
@@ -261,13 +263,17 @@ def test_keras_file_reloads_in_a_fresh_process_and_export_serves(
     model, (x_test, y_test) = trained_set_model
     x, y = x_test[:64], y_test[:64]
     model.save(tmp_path / "model.keras")
-    model.export(str(tmp_path / "exported"))  # a SavedModel; on JAX, through TensorFlow
+    # A SavedModel; on JAX, through TensorFlow. Not on torch: Keras 3.15's torch export fails
+    # on any model, a plain Dense included (`torch.export` rejects its `dynamic_shapes`).
+    export_dir = None if BACKEND == "torch" else tmp_path / "exported"
+    if export_dir is not None:
+        model.export(str(export_dir))
     np.savez(tmp_path / "data.npz", x=x, y=y)
     loss = model.evaluate(x, y, batch_size=64, verbose=0)
     predictions = model.predict(x, verbose=0)
 
     result = run_fresh_process(
-        "reload", tmp_path / "model.keras", tmp_path / "exported", tmp_path / "data.npz"
+        "reload", tmp_path / "model.keras", export_dir, tmp_path / "data.npz"
     )
 
     assert result["loss_class"] == "hungarian_loss.loss.HungarianLoss"
@@ -277,7 +283,8 @@ def test_keras_file_reloads_in_a_fresh_process_and_export_serves(
     assert result["loss"] == pytest.approx(loss, rel=1e-6)
     assert result["loss"] == pytest.approx(reference_detr_box_loss(y, predictions).mean(), rel=1e-5)
     np.testing.assert_allclose(result["predictions"], predictions, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(result["served"], predictions, rtol=1e-5, atol=1e-6)
+    if export_dir is not None:
+        np.testing.assert_allclose(result["served"], predictions, rtol=1e-5, atol=1e-6)
 
 
 # ----- 4. several devices train like one ------------------------------------------------------
@@ -339,6 +346,11 @@ def _worker_distributed() -> dict[str, Any]:
 
 
 def test_two_devices_train_to_the_same_weights_as_one() -> None:
+    if BACKEND == "torch":
+        pytest.skip(
+            "Keras has no multi-device training on the torch backend: keras.distribution "
+            "runs on JAX only, tf.distribute on TensorFlow only."
+        )
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"} if BACKEND == "jax" else {}
     result = run_fresh_process("distributed", env=env)
     assert result["replicas"] == 2 and result["kernel_copies"] == 2
@@ -363,8 +375,8 @@ def test_mixed_float16_trains_with_a_float32_loss() -> None:
     assert keras.backend.standardize_dtype(predictions.dtype) == "float16"
     value = loss_value(loss, y[:8], predictions)
     assert keras.backend.standardize_dtype(value.dtype) == "float32"
-    expected = reference_detr_box_loss(y[:8], np.asarray(predictions)).mean()
-    assert float(value) == pytest.approx(expected, rel=1e-3)
+    expected = reference_detr_box_loss(y[:8], keras.ops.convert_to_numpy(predictions)).mean()
+    assert float(keras.ops.convert_to_numpy(value)) == pytest.approx(expected, rel=1e-3)
 
     model.compile(keras.optimizers.Adam(0.01), loss)
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
@@ -376,6 +388,7 @@ def test_mixed_float16_trains_with_a_float32_loss() -> None:
 # ----- 6. XLA ---------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("torch_compile")  # on torch: the train step under torch.compile
 def test_jit_compile_true() -> None:
     x, y = make_boxes(128, seed=7)
     keras.utils.set_random_seed(0)

@@ -15,6 +15,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from hungarian_loss import _backend
 from hungarian_loss import boxes as box_lib
 from hungarian_loss.assignment import linear_sum_assignment
 from hungarian_loss.costs import get_cost, serialize_cost
@@ -339,6 +340,7 @@ class HungarianLoss(keras.losses.Loss):
             indices = ops.reshape(indices, (-1, num_sets, *indices.shape[1:]))
         return indices
 
+    @_backend.outside_torch_compile
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         """Per-sample loss `[B]`."""
         y_true, y_pred = self._prepare(y_true, y_pred)

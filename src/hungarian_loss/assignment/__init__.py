@@ -15,6 +15,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from hungarian_loss import _backend
 from hungarian_loss.assignment._common import normalize
 from hungarian_loss.assignment._paths import augment
 from hungarian_loss.assignment._phases import phases
@@ -170,7 +171,7 @@ def linear_sum_assignment(
         if col_mask is None:
             col_mask = ops.ones_like(cost[:, 0, :], dtype="bool")
         strategy = _resolve(strategy, cost.shape[0], min(m, n), max(m, n))
-        result = _compiled(_ASSIGN[strategy])(cost, row_mask, col_mask)
+        result = _ASSIGN[strategy](cost, row_mask, col_mask)
     return result[0] if single else result
 
 
@@ -268,8 +269,10 @@ _CPU_PHASES_ROWS = 200
 _CPU_PHASES_MAX_BATCH = 2
 
 
+# Compiled once per shape and backend (`_backend.compiled`).
 _ASSIGN: dict[str, Callable[..., Tensor]] = {
-    name: functools.partial(_assign, strategy=name) for name in ("steps", "phases")
+    name: _backend.compiled(functools.partial(_assign, strategy=name))
+    for name in ("steps", "phases")
 }
 
 
@@ -285,28 +288,6 @@ def _on_accelerator() -> bool:
 
         return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
     return False
-
-
-@functools.cache
-def _compiled(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """Backend-specific: `fn` compiled with XLA, once per shape.
-
-    Eager calls then do not run the loops op by op. Inside a traced function it is
-    inlined (JAX) or runs as one XLA cluster (TensorFlow, also when the surrounding
-    model is not compiled with XLA).
-    """
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        compiled: Callable[..., Tensor] = tf.function(fn, jit_compile=True, autograph=False)
-        return compiled
-    if backend == "jax":
-        import jax
-
-        jitted: Callable[..., Tensor] = jax.jit(fn)
-        return jitted
-    return fn
 
 
 def _check_mask(mask: Tensor | None, cost: Tensor, axis: int, name: str) -> Tensor | None:

@@ -25,7 +25,7 @@ def first_index(hit: Tensor, axis: int = -1) -> Tensor:
     shape = [1] * len(hit.shape)
     shape[axis] = size
     ids = ops.reshape(ops.arange(size, dtype="int32"), shape)
-    return ops.min(ops.where(hit, ids, size), axis=axis)
+    return ops.amin(ops.where(hit, ids, size), axis=axis)
 
 
 def pick(x: Tensor, index: Tensor) -> Tensor:
@@ -64,8 +64,8 @@ def normalize(cost: Tensor, allowed: Tensor) -> Tensor:
     rows = cost.shape[1]
     dtype = cost.dtype
     big = largest(dtype)
-    hi = ops.max(ops.where(allowed, cost, -big), axis=(1, 2), keepdims=True)  # [B, 1, 1]
-    lo = ops.min(ops.where(allowed, cost, big), axis=(1, 2), keepdims=True)  # [B, 1, 1]
+    hi = ops.amax(ops.where(allowed, cost, -big), axis=(1, 2), keepdims=True)  # [B, 1, 1]
+    lo = ops.amin(ops.where(allowed, cost, big), axis=(1, 2), keepdims=True)  # [B, 1, 1]
     some = lo <= hi  # [B, 1, 1]: the sample has an allowed pair
     hi, lo = ops.where(some, hi, 0.0), ops.where(some, lo, 0.0)
     magnitude = ops.maximum(ops.abs(hi), ops.abs(lo))  # [B, 1, 1]

@@ -12,6 +12,7 @@ from typing import Any
 
 from keras import ops
 
+from hungarian_loss import _backend
 from hungarian_loss.assignment._common import first_index, pick
 
 Tensor = Any
@@ -100,12 +101,12 @@ def augment(
         path = ops.where(better, i[:, None], s["path"])  # [B, C]
         # Closest unscanned column; among equals, a free one (it ends the search).
         candidates = ops.where(scanned, inf, spc)  # [B, C]
-        min_val = ops.min(candidates, axis=1)  # [B]
+        min_val = ops.amin(candidates, axis=1)  # [B]
         at_min = ops.equal(candidates, min_val[:, None])  # [B, C]
         # The first free column at the minimum, else the first at the minimum: one integer
         # min-reduction (cheaper than argmax in XLA loops) over keys that rank free first.
         key = ops.where(s["row4col"] < 0, col_ids[None, :], col_ids[None, :] + cols)  # [B, C]
-        key = ops.min(ops.where(at_min, key, 2 * cols), axis=1)  # [B]
+        key = ops.amin(ops.where(at_min, key, 2 * cols), axis=1)  # [B]
         j = ops.where(key >= cols, key - cols, key)  # [B]
         is_j = ops.logical_and(ops.equal(col_ids[None, :], j[:, None]), searching[:, None])
         scanned = ops.logical_or(scanned, is_j)  # [B, C]
@@ -157,5 +158,5 @@ def augment(
         return s
 
     bound = -(-rows * rows // unroll)
-    state = ops.while_loop(cond, body, state, maximum_iterations=bound)
+    state = _backend.while_loop(cond, body, state, maximum_iterations=bound)
     return state["col4row"], state["row4col"], state["steps"]

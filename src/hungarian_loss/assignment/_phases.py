@@ -38,6 +38,7 @@ from typing import Any
 
 from keras import ops
 
+from hungarian_loss import _backend
 from hungarian_loss.assignment._common import first_index, gather
 
 Tensor = Any
@@ -89,7 +90,7 @@ def phases(
         free = free_rows(s)  # [B, R]
         searching = ops.any(free, axis=1)  # [B]
         reduced = cost - v[:, None, :]  # [B, R, C]
-        reduced = ops.maximum(reduced - ops.min(reduced, axis=2, keepdims=True), 0.0)
+        reduced = ops.maximum(reduced - ops.amin(reduced, axis=2, keepdims=True), 0.0)
         safe_col = ops.maximum(col4row, 0)  # [B, R]
 
         def labels(d: Tensor, root: Tensor) -> tuple[Tensor, Tensor]:
@@ -103,7 +104,7 @@ def phases(
         def bf_round(b: dict[str, Tensor]) -> dict[str, Tensor]:
             dist, row_root = labels(b["d"], b["root"])
             through = dist[:, :, None] + reduced  # [B, R, C]
-            best = ops.min(through, axis=1)  # [B, C]
+            best = ops.amin(through, axis=1)  # [B, C]
             drop = best < b["d"]  # [B, C]
             arg = first_index(ops.equal(through, best[:, None, :]), axis=1)  # [B, C]
             return {
@@ -126,7 +127,9 @@ def phases(
             "changed": searching,
             "rounds": ops.convert_to_tensor(0, dtype="int32"),
         }
-        bf = ops.while_loop(bf_cond, bf_body, start, maximum_iterations=-(-rounds_cap // unroll))
+        bf = _backend.while_loop(
+            bf_cond, bf_body, start, maximum_iterations=-(-rounds_cap // unroll)
+        )
         d, pred, root = bf["d"], bf["pred"], bf["root"]
         converged = ops.logical_not(bf["changed"])  # [B]
         apply = ops.logical_and(searching, converged)  # [B]
@@ -137,11 +140,11 @@ def phases(
             ops.equal(root[:, None, :], row_ids[None, :, None]), free_col[:, None, :]
         )  # [B, R, C]: free columns in the tree of root r
         in_tree = ops.where(mine, d[:, None, :], inf)  # [B, R, C]
-        nearest = ops.min(in_tree, axis=2)  # [B, R]
+        nearest = ops.amin(in_tree, axis=2)  # [B, R]
         sink = first_index(ops.logical_and(mine, ops.equal(in_tree, nearest[:, :, None])))
         others = ops.where(ops.equal(col_ids, sink[:, :, None]), inf, in_tree)
-        second = ops.min(ops.min(others, axis=2), axis=1)  # [B]
-        farthest = ops.max(ops.where(d < inf, d, 0.0), axis=1)  # [B]
+        second = ops.amin(ops.amin(others, axis=2), axis=1)  # [B]
+        farthest = ops.amax(ops.where(d < inf, d, 0.0), axis=1)  # [B]
         threshold = ops.where(square, farthest, ops.minimum(second, farthest))  # [B]
         chosen = ops.logical_and(sink < cols, nearest <= threshold[:, None])  # [B, R]
         chosen = ops.logical_and(chosen, free)
@@ -170,7 +173,7 @@ def phases(
         "phases": ops.convert_to_tensor(0, dtype="int32"),
         "rounds": ops.convert_to_tensor(0, dtype="int32"),
     }
-    state = ops.while_loop(phase_cond, phase_body, state, maximum_iterations=rows + 1)
+    state = _backend.while_loop(phase_cond, phase_body, state, maximum_iterations=rows + 1)
     return state["col4row"], state["row4col"], state["v"], state["phases"], state["rounds"]
 
 

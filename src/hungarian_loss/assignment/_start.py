@@ -16,6 +16,7 @@ from typing import Any
 
 from keras import ops
 
+from hungarian_loss import _backend
 from hungarian_loss.assignment._common import first_index, gather, largest
 
 Tensor = Any
@@ -28,7 +29,7 @@ def row_reduction(cost: Tensor, active_row: Tensor) -> tuple[Tensor, Tensor, Ten
     """
     rows = cost.shape[1]
     row_ids = ops.arange(rows, dtype="int32")  # [R]
-    best = first_index(ops.equal(cost, ops.min(cost, axis=2, keepdims=True)))  # [B, R]
+    best = first_index(ops.equal(cost, ops.amin(cost, axis=2, keepdims=True)))  # [B, R]
     best = ops.where(active_row, best, -1)
     same = ops.equal(best[:, :, None], best[:, None, :])  # [B, R, R]
     earlier = row_ids[None, :] < row_ids[:, None]  # [R, R]: k < i
@@ -64,11 +65,11 @@ def auction(cost: Tensor, active_row: Tensor, rounds: int) -> tuple[Tensor, ...]
         v, col4row, row4col = s["v"], s["col4row"], s["row4col"]
         free = ops.logical_and(active_row, col4row < 0)  # [B, R]
         reduced = cost - v[:, None, :]  # [B, R, C]
-        first_val = ops.min(reduced, axis=2)  # [B, R]
+        first_val = ops.amin(reduced, axis=2)  # [B, R]
         first = first_index(ops.equal(reduced, first_val[:, :, None]))  # [B, R]
         if cols > 1:
             rest = ops.where(ops.equal(col_ids, first[:, :, None]), big, reduced)  # [B, R, C]
-            second_val = ops.min(rest, axis=2)  # [B, R]
+            second_val = ops.amin(rest, axis=2)  # [B, R]
             second = first_index(ops.equal(rest, second_val[:, :, None]))  # [B, R]
             gap = second_val - first_val  # [B, R], >= 0
         else:
@@ -76,7 +77,7 @@ def auction(cost: Tensor, active_row: Tensor, rounds: int) -> tuple[Tensor, ...]
         first_taken = gather(row4col, first) >= 0  # [B, R]
         target = ops.where(ops.logical_and(gap <= 0, first_taken), second, first)  # [B, R]
         bids = ops.logical_and(ops.equal(col_ids, target[:, :, None]), free[:, :, None])
-        best = ops.max(ops.where(bids, gap[:, :, None], -1.0), axis=1)  # [B, C], -1: no bid
+        best = ops.amax(ops.where(bids, gap[:, :, None], -1.0), axis=1)  # [B, C], -1: no bid
         top = ops.logical_and(bids, ops.equal(gap[:, :, None], best[:, None, :]))  # [B, R, C]
         winner = first_index(top, axis=1)  # [B, C], R where no bid
         sold = winner < rows  # [B, C]
@@ -96,7 +97,7 @@ def auction(cost: Tensor, active_row: Tensor, rounds: int) -> tuple[Tensor, ...]
         "row4col": ops.zeros_like(cost[:, 0, :], dtype="int32") - 1,
         "rounds": ops.convert_to_tensor(0, dtype="int32"),
     }
-    state = ops.while_loop(cond, body, state, maximum_iterations=rounds)
+    state = _backend.while_loop(cond, body, state, maximum_iterations=rounds)
     return state["col4row"], state["row4col"], state["v"], state["rounds"]
 
 

@@ -1,0 +1,158 @@
+"""Solver, worked example and training step on a CUDA GPU with the PyTorch backend.
+
+Run on a machine with a CUDA GPU and a CUDA build of torch:
+`KERAS_BACKEND=torch python benchmarks/gpu_torch.py`. Checks that the solver's results on
+CUDA tensors equal those on the CPU, and prints medians: ours (compiled by the package with
+`torch.compile`) against SciPy's loop (including the device-to-host copy), and a training
+step with `HungarianLoss` against an order-bound L1 step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import keras
+import numpy as np
+import scipy.optimize
+import torch
+from common import parse_case, solver_input
+
+from hungarian_loss import HungarianLoss, linear_sum_assignment
+
+CASES = ["32x10x10", "32x20x100", "8x100x300", "16x100x100", "detr:48x64x300"]
+
+
+def median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def scipy_columns(cost: np.ndarray, row_mask) -> np.ndarray:
+    columns = np.full(cost.shape[:2], -1, dtype=np.int32)
+    for b, matrix in enumerate(cost):
+        real = np.arange(cost.shape[1]) if row_mask is None else np.flatnonzero(row_mask[b])
+        rows, cols = scipy.optimize.linear_sum_assignment(matrix[real])
+        columns[b, real[rows]] = cols
+    return columns
+
+
+def solver_rows(repeats: int, cases: list[str]) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for case in cases:
+        parse_case(case)
+        x = solver_input(rng, case)
+        host, host_mask = x if isinstance(x, tuple) else (x, None)
+        on_gpu = [torch.tensor(a, device="cuda") for a in (host, host_mask) if a is not None]
+        with keras.device("cpu"):
+            on_cpu = linear_sum_assignment(*[torch.tensor(a) for a in on_gpu])
+        start = time.perf_counter()
+        result = linear_sum_assignment(*on_gpu)
+        torch.cuda.synchronize()
+        compile_s = time.perf_counter() - start
+        assert result.device.type == "cuda"
+        assert np.array_equal(result.cpu().numpy(), on_cpu.cpu().numpy()), case
+
+        def ours(args=on_gpu) -> None:
+            linear_sum_assignment(*args).cpu()
+
+        def scipy_loop(args=on_gpu, mask=host_mask) -> None:
+            scipy_columns(args[0].cpu().numpy(), mask)
+
+        times = {"ours": [], "scipy": []}
+        for _ in range(repeats):
+            times["ours"].append(median_ms(ours, 3))
+            times["scipy"].append(median_ms(scipy_loop, 3))
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        rows.append({"case": case, "compile_s": compile_s, **med})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def worked_example() -> float:
+    y_true = torch.tensor([[[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]], device="cuda")
+    y_pred = torch.tensor([[[1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0]]], device="cuda")
+    value = HungarianLoss()(y_true, y_pred)
+    assert value.device.type == "cuda"
+    return float(value.cpu())
+
+
+def train_rows(repeats: int) -> dict:
+    rng = np.random.default_rng(1)
+    batch, n_pred, m_true = 32, 100, 20
+    x = rng.normal(size=(batch, 64)).astype("float32")
+    y = rng.uniform(0.1, 0.9, size=(batch, m_true, 4)).astype("float32")
+    y[..., 2:] = rng.uniform(0.05, 0.2, size=(batch, m_true, 2))
+    for b, n in enumerate(rng.integers(1, m_true + 1, size=batch)):
+        y[b, n:] = -1.0
+
+    def ordered_l1(y_true, y_pred):
+        ops = keras.ops
+        real = ops.cast(ops.any(ops.not_equal(y_true, -1.0), axis=-1), "float32")
+        err = ops.sum(ops.abs(y_pred[:, :m_true] - y_true), axis=-1) * real
+        return ops.sum(err, axis=-1) / ops.maximum(ops.sum(real, axis=-1), 1.0)
+
+    def make(loss):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((64,))
+        h = keras.layers.Dense(256, activation="relu")(inputs)
+        out = keras.layers.Reshape((n_pred, 4))(
+            keras.layers.Dense(n_pred * 4, activation="sigmoid")(h)
+        )
+        model = keras.Model(inputs, out)
+        model.compile(optimizer="adam", loss=loss)
+        return model
+
+    models = {
+        "hungarian": make(HungarianLoss(cost={"l1": 5.0, "giou": 2.0}, box_format="center_xywh")),
+        "ordered_l1": make(ordered_l1),
+    }
+    first = {}
+    for name, model in models.items():
+        start = time.perf_counter()
+        model.train_on_batch(x, y)
+        first[name] = time.perf_counter() - start
+        model.fit(x, y, epochs=2, verbose=0)  # a short fit on CUDA
+    t = {k: [] for k in models}
+    for _ in range(repeats):
+        for k, m in models.items():
+            t[k].append(median_ms(lambda m=m: m.train_on_batch(x, y), 5))
+    return {**{k: float(np.median(v)) for k, v in t.items()}, "first_step_s": first}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--cases", default=",".join(CASES), help="[KIND:]BxMxN,...")
+    args = parser.parse_args()
+    assert torch.cuda.is_available(), "needs a CUDA device"
+    print("device:", torch.cuda.get_device_name(0), "torch", torch.__version__)
+    rows = solver_rows(args.repeats, args.cases.split(","))
+    print(f"worked example on CUDA: {worked_example():.6f} (expected 6.507638)")
+    train = train_rows(args.repeats)
+    print("\n| case | ours ms | SciPy+copy ms | ours/SciPy | first call s |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['case']} | {r['ours']:.3f} | {r['scipy']:.3f} | "
+            f"{r['ours'] / r['scipy']:.2f} | {r['compile_s']:.1f} |"
+        )
+    print(
+        f"\ntraining step: HungarianLoss {train['hungarian']:.2f} ms, ordered L1 "
+        f"{train['ordered_l1']:.2f} ms, ratio {train['hungarian'] / train['ordered_l1']:.2f}; "
+        f"first steps {train['first_step_s']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
