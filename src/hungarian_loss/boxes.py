@@ -308,7 +308,7 @@ def _box_scale(boxes: Tensor) -> Tensor:
     The divisor is a constant for the gradient, which stays exact since the ratios do
     not depend on it.
     """
-    largest = ops.max(ops.abs(boxes), axis=-1, initial=0.0)  # [B, K]
+    largest = ops.amax(ops.abs(boxes), axis=-1)  # [B, K] (no `initial`: a CPU tensor on torch)
     return ops.maximum(ops.stop_gradient(largest) * _INVERSE_SAFE_COORDINATE, 1.0)  # [B, K]
 
 
