@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -130,6 +131,11 @@ def test_tiny_run_writes_the_picture_and_prints_the_scores(
         assert math.isfinite(float(error)) and float(error) > 0.0
     assert "val_loss:" in printed  # the Keras progress output
     assert str(output) in printed
+    # The demo's deterministic kernels are for its run only: on TensorFlow they would turn
+    # off XLA for every model compiled later in the process.
+    later = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    later.compile(loss="mse", jit_compile=True)
+    assert later.jit_compile is True
 
 
 @pytest.mark.slow

@@ -20,10 +20,11 @@ needed for the picture only and is imported when the demo runs:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -291,7 +292,21 @@ def run(
     start = time.perf_counter()
     pyplot = _import_pyplot()  # fail before training, not after
     output = Path(output)
-    _deterministic()
+    with _deterministic():
+        return _run(pyplot, output, epochs, samples, seed, batch_size, verbose, start)
+
+
+def _run(
+    pyplot: Any,
+    output: Path,
+    epochs: int,
+    samples: int,
+    seed: int,
+    batch_size: int,
+    verbose: int,
+    start: float,
+) -> DemoResult:
+    """The body of `run`, with deterministic kernels switched on."""
     keras.utils.set_random_seed(seed)
     x_train, y_train = make_data(samples, seed=seed)
     x_test, y_test = make_data(max(64, samples // 8), seed=seed + 1)
@@ -357,12 +372,29 @@ def run(
     )
 
 
-def _deterministic() -> None:
-    """Backend-specific: deterministic kernels on TensorFlow (JAX's CPU kernels are)."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+@contextlib.contextmanager
+def _deterministic() -> Iterator[None]:
+    """Backend-specific: deterministic kernels on TensorFlow (JAX's CPU kernels are).
 
-        tf.config.experimental.enable_op_determinism()
+    For the run only: TensorFlow's op determinism also turns off XLA in every model
+    compiled later in the process (Keras's `jit_compile=True` falls back), so the previous
+    setting is restored afterwards. TensorFlow's public API can only switch it on; where
+    its internal switch is missing, the setting stays on.
+    """
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
+
+    was_on = tf_config.is_op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        switch_off = getattr(tf_config, "disable_op_determinism", None)
+        if not was_on and switch_off is not None:
+            switch_off()
 
 
 def _import_pyplot() -> Any:
