@@ -90,6 +90,23 @@ def parse_case(text: str) -> tuple[str, int, int, int]:
     return kind, batch, rows, cols
 
 
+def split_input(x: Any) -> tuple[Any, Any]:
+    """`(cost, row_mask)` from a solver case's input (`row_mask` None where there is none)."""
+    return x if isinstance(x, tuple) else (x, None)
+
+
+def scipy_columns(cost: np.ndarray, row_mask: np.ndarray | None = None) -> np.ndarray:
+    """`scipy.optimize.linear_sum_assignment` per sample on its real rows, as our `[B, M]`."""
+    from scipy.optimize import linear_sum_assignment
+
+    columns = np.full(cost.shape[:2], -1, dtype=np.int32)
+    for sample, matrix in enumerate(cost):
+        real = np.arange(cost.shape[1]) if row_mask is None else np.flatnonzero(row_mask[sample])
+        rows, cols = linear_sum_assignment(matrix[real])
+        columns[sample, real[rows]] = cols
+    return columns
+
+
 def solver_input(rng: np.random.Generator, case: str) -> Any:
     """The input of one solver case: a cost `[B, M, N]`, or `(cost, row_mask)` for "detr"."""
     kind, batch, rows, cols = parse_case(case)

@@ -20,8 +20,7 @@ import jax
 import keras
 import numpy as np
 import optax
-import scipy.optimize
-from common import parse_case, solver_input
+from common import parse_case, scipy_columns, solver_input, split_input
 
 from hungarian_loss import HungarianLoss, linear_sum_assignment
 
@@ -51,20 +50,6 @@ def median_ms(fn, repeats: int) -> float:
     return 1e3 * float(np.median(times))
 
 
-def split(x):
-    return x if isinstance(x, tuple) else (x, None)
-
-
-def scipy_columns(cost: np.ndarray, row_mask) -> np.ndarray:
-    """SciPy per sample (its real rows), as `[B, M]` columns with -1."""
-    columns = np.full(cost.shape[:2], -1, dtype=np.int32)
-    for b, matrix in enumerate(cost):
-        real = np.arange(cost.shape[1]) if row_mask is None else np.flatnonzero(row_mask[b])
-        r, c = scipy.optimize.linear_sum_assignment(matrix[real])
-        columns[b, real[r]] = c
-    return columns
-
-
 def solver_rows(repeats: int, cases: list[str]) -> list[dict]:
     from hungarian_loss import assignment
 
@@ -77,7 +62,7 @@ def solver_rows(repeats: int, cases: list[str]) -> list[dict]:
     rows = []
     for case in cases:
         kind, batch, m, n = parse_case(case)
-        host, host_mask = split(solver_input(rng, case))
+        host, host_mask = split_input(solver_input(rng, case))
         cost = jax.device_put(host)
         mask = None if host_mask is None else jax.device_put(host_mask)
         compile_s = {}

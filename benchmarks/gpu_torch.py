@@ -17,9 +17,8 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import keras
 import numpy as np
-import scipy.optimize
 import torch
-from common import parse_case, solver_input
+from common import parse_case, scipy_columns, solver_input, split_input
 
 from hungarian_loss import HungarianLoss, linear_sum_assignment
 
@@ -37,22 +36,13 @@ def median_ms(fn, repeats: int) -> float:
     return 1e3 * float(np.median(times))
 
 
-def scipy_columns(cost: np.ndarray, row_mask) -> np.ndarray:
-    columns = np.full(cost.shape[:2], -1, dtype=np.int32)
-    for b, matrix in enumerate(cost):
-        real = np.arange(cost.shape[1]) if row_mask is None else np.flatnonzero(row_mask[b])
-        rows, cols = scipy.optimize.linear_sum_assignment(matrix[real])
-        columns[b, real[rows]] = cols
-    return columns
-
-
 def solver_rows(repeats: int, cases: list[str]) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
     for case in cases:
         parse_case(case)
         x = solver_input(rng, case)
-        host, host_mask = x if isinstance(x, tuple) else (x, None)
+        host, host_mask = split_input(x)
         on_gpu = [torch.tensor(a, device="cuda") for a in (host, host_mask) if a is not None]
         with keras.device("cpu"):
             on_cpu = linear_sum_assignment(*[torch.tensor(a) for a in on_gpu])

@@ -16,7 +16,16 @@ import time
 from typing import Any
 
 import numpy as np
-from common import Case, Contender, error_summary, parse_case, serve, solver_input
+from common import (
+    Case,
+    Contender,
+    error_summary,
+    parse_case,
+    scipy_columns,
+    serve,
+    solver_input,
+    split_input,
+)
 
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 SUFFIX = {"tensorflow": "tf", "jax": "jax", "torch": "torch"}[BACKEND]
@@ -26,22 +35,12 @@ SUFFIX = {"tensorflow": "tf", "jax": "jax", "torch": "torch"}[BACKEND]
 # Contenders. Each `make_*` returns a fresh one, so its first call traces and compiles.
 
 
-def split(x: Any) -> tuple[Any, Any]:
-    """`(cost, row_mask)` from a case input (`row_mask` None where there is none)."""
-    return x if isinstance(x, tuple) else (x, None)
+split = split_input
 
 
 def scipy_loop(x: Any) -> np.ndarray:
     """`scipy.optimize.linear_sum_assignment` per sample (its real rows), in our format."""
-    from scipy.optimize import linear_sum_assignment
-
-    cost, row_mask = split(x)
-    columns = np.full(cost.shape[:2], -1, dtype=np.int32)
-    for sample, matrix in enumerate(cost):
-        real = np.arange(cost.shape[1]) if row_mask is None else np.flatnonzero(row_mask[sample])
-        rows, cols = linear_sum_assignment(matrix[real])
-        columns[sample, real[rows]] = cols
-    return columns
+    return scipy_columns(*split(x))
 
 
 def make_ours_tensorflow() -> Contender:
