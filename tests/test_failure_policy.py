@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 import scipy.optimize
-from helpers import BACKEND, assert_is_matching
+from helpers import BACKEND, assert_is_matching, jit, to_numpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -44,24 +44,22 @@ PAD = -1.0
 
 
 def compile_for(fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
-    """`fn` as it is (eager) or compiled with XLA; the result comes back as NumPy."""
+    """`fn` as it is (eager) or compiled; the result comes back as NumPy.
+
+    Compiled: XLA on TensorFlow and JAX, `torch.compile` on PyTorch, which the suite runs
+    eagerly there (conftest.py: one compile per shape would take minutes; `test_torch.py`
+    checks the compiled path).
+    """
     if mode == "compiled":
-        if BACKEND == "tensorflow":
-            import tensorflow as tf
+        fn = jit(fn)
 
-            fn = tf.function(fn, jit_compile=True)
-        else:
-            import jax
-
-            fn = jax.jit(fn)
-
-    def to_numpy(*args: Any) -> Any:
+    def as_numpy(*args: Any) -> Any:
         out = fn(*args)
         if isinstance(out, tuple):
-            return tuple(np.asarray(x) for x in out)
-        return np.asarray(out)
+            return tuple(to_numpy(x) for x in out)
+        return to_numpy(out)
 
-    return to_numpy
+    return as_numpy
 
 
 def run(fn: Callable[..., Any], *args: Any, mode: str) -> Any:
@@ -89,6 +87,23 @@ def with_grads(loss: HungarianLoss) -> Callable[[Any, Any], tuple[Any, ...]]:
             return value, grad_t, grad_p, loss.match(t, p)
 
         return both
+    if BACKEND == "torch":
+        import torch
+
+        def both_torch(t: Any, p: Any) -> tuple[Any, ...]:
+            t, p = (ops.convert_to_tensor(x).detach().requires_grad_(True) for x in (t, p))
+            value = loss(t, p)
+            total = ops.sum(value)
+            if total.requires_grad:  # an input of size 0 is not connected
+                grads = torch.autograd.grad(total, [t, p], allow_unused=True)
+            else:
+                grads = (None, None)
+            grad_t, grad_p = (
+                torch.zeros_like(x) if g is None else g for g, x in zip(grads, (t, p), strict=True)
+            )
+            return value.detach(), grad_t, grad_p, loss.match(t.detach(), p.detach())
+
+        return both_torch
     import tensorflow as tf
 
     def both_tf(t: Any, p: Any) -> tuple[Any, ...]:
@@ -366,6 +381,8 @@ def test_target_mask_of_the_wrong_batch_size_is_a_value_error(mode: str) -> None
 
 def test_unknown_number_of_items_names_the_fix() -> None:
     """Only traced code can have an unknown M (there is no eager variant of this item)."""
+    if BACKEND == "torch":
+        pytest.skip("PyTorch has no traced tensors of unknown size: M is always known")
     loss = HungarianLoss()
     if BACKEND == "tensorflow":
         import tensorflow as tf
