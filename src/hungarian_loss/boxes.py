@@ -308,7 +308,10 @@ def _box_scale(boxes: Tensor) -> Tensor:
     The divisor is a constant for the gradient, which stays exact since the ratios do
     not depend on it.
     """
-    largest = ops.amax(ops.abs(boxes), axis=-1)  # [B, K] (no `initial`: a CPU tensor on torch)
+    if 0 in boxes.shape:  # no boxes (Keras's max refuses empty tensors; `initial=` is
+        largest = ops.zeros_like(boxes[..., 0])  # a CPU tensor on torch, whatever the device)
+    else:
+        largest = ops.amax(ops.abs(boxes), axis=-1)  # [B, K]
     return ops.maximum(ops.stop_gradient(largest) * _INVERSE_SAFE_COORDINATE, 1.0)  # [B, K]
 
 

@@ -882,9 +882,9 @@ def _euclidean_norm(differences: Tensor) -> Tensor:
     because XLA on CPU may divide through a reciprocal, which is flushed to 0 beyond
     `2**126`. Non-finite vectors are not scaled: their norm is `inf` or `NaN`.
     """
-    if differences.shape[-1] == 0:  # no features: a distance of 0
-        largest = ops.zeros_like(ops.sum(differences, axis=-1))
-    else:  # no `initial=` (on torch it makes a CPU tensor, whatever the input's device)
+    if 0 in differences.shape:  # nothing to scale (Keras's max refuses empty tensors, and
+        largest = ops.zeros_like(ops.sum(differences, axis=-1))  # `initial=` is a CPU tensor
+    else:  # on torch, whatever the input's device)
         largest = ops.stop_gradient(ops.amax(ops.abs(differences), axis=-1))  # [...]
     huge, tiny = largest > 2.0**50, largest < 2.0**-50  # [...]
     factor = ops.where(huge, 2.0**-88, ops.where(tiny, 2.0**64, 1.0))  # [...]
