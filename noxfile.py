@@ -102,6 +102,7 @@ def build(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmark the solver and the loss against SciPy, optax and hungarian-loss 1.0.3."""
+    install_torch(session)  # the PyTorch contenders
     session.install("-e", ".[bench]")
     session.run("python", "benchmarks/run.py", *session.posargs, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
 
