@@ -260,7 +260,7 @@ def _resolve(strategy: str, batch: int | None, rows: int, cols: int) -> str:
     # it pays for long paths in one or two samples (measured with JAX, against light steps:
     # 2x200x200 0.8x, 2x300x300 0.6x, 1x1000x1000 0.8x; but 4x300x300 1.3-1.8x, 16x400x400
     # 1.1x and 64x300x300 2.5x).
-    few = batch is not None and batch <= _CPU_PHASES_MAX_BATCH
+    few = isinstance(batch, int) and batch <= _CPU_PHASES_MAX_BATCH  # None or symbolic: no
     return "phases" if few and rows >= _CPU_PHASES_ROWS and 2 * rows > cols else "steps"
 
 
