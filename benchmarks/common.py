@@ -138,6 +138,43 @@ def box_pairs(rng: np.random.Generator, batch: int, count: int) -> tuple[np.ndar
     return random_boxes(rng, batch, count), random_boxes(rng, batch, count)
 
 
+def gpu_train_case(
+    rng: np.random.Generator, batch: int = 32, predictions: int = 100, targets: int = 20
+) -> tuple[np.ndarray, np.ndarray, Callable[..., Any], Callable[..., Any]]:
+    """The GPU scripts' training step: `(x, y, ordered_l1, make_model)`.
+
+    `x [batch, 64]`, `y [batch, targets, 4]` center_xywh boxes with 1 to `targets` real rows
+    (the rest -1); `ordered_l1(y_true, y_pred)` is the order-bound L1 loss (no matching);
+    `make_model(loss, jit_compile)` a seeded Dense head predicting `predictions` boxes.
+    Keras is imported when a function is called, so this module stays NumPy-only.
+    """
+    x = rng.normal(size=(batch, 64)).astype("float32")
+    y = rng.uniform(0.1, 0.9, size=(batch, targets, 4)).astype("float32")
+    y[..., 2:] = rng.uniform(0.05, 0.2, size=(batch, targets, 2))
+    for b, n in enumerate(rng.integers(1, targets + 1, size=batch)):
+        y[b, n:] = -1.0
+
+    def ordered_l1(y_true: Any, y_pred: Any) -> Any:
+        from keras import ops
+
+        real = ops.cast(ops.any(ops.not_equal(y_true, -1.0), axis=-1), "float32")
+        err = ops.sum(ops.abs(y_pred[:, :targets] - y_true), axis=-1) * real
+        return ops.sum(err, axis=-1) / ops.maximum(ops.sum(real, axis=-1), 1.0)
+
+    def make_model(loss: Any, jit_compile: bool) -> Any:
+        import keras
+
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((64,))
+        hidden = keras.layers.Dense(256, activation="relu")(inputs)
+        boxes = keras.layers.Dense(predictions * 4, activation="sigmoid")(hidden)
+        model = keras.Model(inputs, keras.layers.Reshape((predictions, 4))(boxes))
+        model.compile(optimizer="adam", loss=loss, jit_compile=jit_compile)
+        return model
+
+    return x, y, ordered_l1, make_model
+
+
 def shape_name(shape: tuple[int, ...]) -> str:
     return "x".join(str(s) for s in shape)
 

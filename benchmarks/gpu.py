@@ -17,10 +17,9 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import jax
-import keras
 import numpy as np
 import optax
-from common import parse_case, scipy_columns, solver_input, split_input
+from common import gpu_train_case, parse_case, scipy_columns, solver_input, split_input
 
 from hungarian_loss import HungarianLoss, linear_sum_assignment
 
@@ -115,30 +114,10 @@ def solver_rows(repeats: int, cases: list[str]) -> list[dict]:
 
 def train_rows(repeats: int) -> dict:
     rng = np.random.default_rng(1)
-    batch, n_pred, m_true = 32, 100, 20
-    x = rng.normal(size=(batch, 64)).astype("float32")
-    y = rng.uniform(0.1, 0.9, size=(batch, m_true, 4)).astype("float32")
-    y[..., 2:] = rng.uniform(0.05, 0.2, size=(batch, m_true, 2))
-    counts = rng.integers(1, m_true + 1, size=batch)
-    for b, n in enumerate(counts):
-        y[b, n:] = -1.0
-
-    def ordered_l1(y_true, y_pred):
-        ops = keras.ops
-        real = ops.cast(ops.any(ops.not_equal(y_true, -1.0), axis=-1), "float32")
-        err = ops.sum(ops.abs(y_pred[:, :m_true] - y_true), axis=-1) * real
-        return ops.sum(err, axis=-1) / ops.maximum(ops.sum(real, axis=-1), 1.0)
+    x, y, ordered_l1, make_model = gpu_train_case(rng)
 
     def make(loss):
-        keras.utils.set_random_seed(0)
-        inputs = keras.Input((64,))
-        h = keras.layers.Dense(256, activation="relu")(inputs)
-        out = keras.layers.Reshape((n_pred, 4))(
-            keras.layers.Dense(n_pred * 4, activation="sigmoid")(h)
-        )
-        model = keras.Model(inputs, out)
-        model.compile(optimizer="adam", loss=loss, jit_compile=True)
-        return model
+        return make_model(loss, jit_compile=True)
 
     models = {
         "hungarian": make(HungarianLoss(cost={"l1": 5.0, "giou": 2.0}, box_format="center_xywh")),
