@@ -5,6 +5,7 @@ recipes; padding, several sets, an image without targets; config and `.keras`.""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -368,3 +369,98 @@ def test_keras_file_round_trip_in_a_fresh_process(tmp_path: Path) -> None:
     ).stdout.split("\n")
     assert out[0] == "DETRLoss 2 0.3"
     assert float(out[1]) == pytest.approx(expected, rel=1e-5)
+
+
+# ----- several replicas ------------------------------------------------------------------------
+
+DISTRIBUTED = """
+import json, os, sys
+import keras
+import numpy as np
+BACKEND = keras.backend.backend()
+if BACKEND == "tensorflow":
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from hungarian_loss import DETRLoss
+
+class LocalTotals(DETRLoss):
+    def batch_total(self, total):  # each replica by its own half of the batch
+        return total
+
+rng = np.random.default_rng(0)
+B, M, Q, K = 16, 4, 2 * 2 * 4 + 6, 3
+y = np.full((B, M, 5), -1.0, "float32")
+for b in range(B):  # the first half crowded, the second sparse
+    count = M if b < B // 2 else b % 2
+    y[b, :count, :2] = rng.uniform(0.3, 0.7, (count, 2))
+    y[b, :count, 2:4] = rng.uniform(0.1, 0.3, (count, 2))
+    y[b, :count, 4] = rng.integers(0, K, count)
+x = rng.normal(size=(B, 8)).astype("float32")
+
+def make_model():
+    inputs = keras.Input((8,))
+    boxes = keras.layers.Dense(Q * 4, activation="sigmoid")(inputs)
+    logits = keras.layers.Dense(Q * K)(inputs)
+    out = keras.layers.Concatenate()([keras.layers.Reshape((Q, 4))(boxes),
+                                      keras.layers.Reshape((Q, K))(logits)])
+    return keras.Model(inputs, out)
+
+keras.utils.set_random_seed(0)
+initial = make_model().get_weights()
+
+def train(loss):
+    model = make_model()
+    model.set_weights(initial)
+    model.compile(keras.optimizers.SGD(0.1), loss)
+    model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+    return model.get_weights()
+
+def run(strategy, loss):
+    if strategy is None:
+        return train(loss)
+    with strategy.scope():
+        return train(loss)
+
+if BACKEND == "tensorflow":
+    one = run(tf.distribute.OneDeviceStrategy("/cpu:0"), DETRLoss.rt_detr(denoising_groups=2))
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    several = run(mirrored, DETRLoss.rt_detr(denoising_groups=2))
+    local = run(mirrored, LocalTotals.rt_detr(denoising_groups=2))
+    replicas = mirrored.num_replicas_in_sync
+else:
+    import jax
+    one = train(DETRLoss.rt_detr(denoising_groups=2))
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+    several = train(DETRLoss.rt_detr(denoising_groups=2))
+    local = train(LocalTotals.rt_detr(denoising_groups=2))
+    replicas = len(jax.devices())
+
+def gap(a, b):
+    return max(float(np.max(np.abs(u - v))) for u, v in zip(a, b))
+
+print("RESULT " + json.dumps({"replicas": replicas, "several": gap(one, several),
+                              "local": gap(one, local), "change": gap(one, initial)}))
+"""
+
+
+def test_batch_normalization_on_two_replicas_trains_like_one_device() -> None:
+    backend = keras.backend.backend()
+    if backend == "torch":  # Keras has no multi-device training on torch: nothing to combine
+        loss = DETRLoss.rt_detr()
+        assert float(to_numpy(loss.batch_total(keras.ops.convert_to_tensor(7.0)))) == 7.0
+        return
+    env = {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # fmt: skip
+    process = subprocess.run(
+        [sys.executable, "-c", DISTRIBUTED], env={**os.environ, **env},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
+    assert process.returncode == 0 and lines, process.stderr[-4000:]
+    result = json.loads(lines[-1][len("RESULT ") :])
+    assert result["replicas"] == 2
+    assert result["change"] > 1e-3  # it trained
+    assert result["several"] < 1e-5, result  # the replicas train as one device
+    if backend == "tensorflow":  # each replica by its own totals would not
+        assert result["local"] > 1e-3, result

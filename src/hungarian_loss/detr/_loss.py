@@ -122,8 +122,8 @@ class DETRLoss(HungarianLoss):
     `normalization="batch"` divides each sample's sums by the batch's totals instead,
     so that with `reduction="sum"` the loss is exactly the source criterion's per-set
     loss (averaged over the sets rather than summed: scale by S for their sum). Under
-    `tf.distribute` the totals are combined across replicas (their sum over replicas
-    divided by their number, as DETR does) by `batch_total`; under JAX data
+    `tf.distribute` the totals are combined across replicas by `batch_total`, so that
+    several replicas train as one device with the whole batch; under JAX data
     parallelism the batch is global already. The recipes (`DETRLoss.rt_detr()` and the
     others) use the batch normalization and `reduction="sum"`.
 
@@ -514,8 +514,10 @@ class DETRLoss(HungarianLoss):
     def batch_total(self, total: Tensor) -> Tensor:
         """A count summed over the batch, for `normalization="batch"`.
 
-        Under `tf.distribute`, the sum over the replicas divided by their number (DETR's
-        `num_boxes`); the count itself elsewhere. Override it for another scheme.
+        Under `tf.distribute`, the sum over the replicas: Keras adds the replicas'
+        gradients, so each replica divides by the global count (DETR's `num_boxes`, which
+        is the mean over replicas because PyTorch's DDP averages gradients instead). The
+        count itself elsewhere. Override it for another scheme.
 
         Args:
             total: Scalar, a count summed over this replica's batch.
@@ -523,7 +525,7 @@ class DETRLoss(HungarianLoss):
         Returns:
             Scalar.
         """
-        return _backend.replica_mean(total)
+        return _backend.replica_sum(total)
 
     def invalid_targets(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         """Where a target's class id is not an integer in `[0, K)`.
