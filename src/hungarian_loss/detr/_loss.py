@@ -576,7 +576,9 @@ class DETRLoss(HungarianLoss):
         if self.denoising_groups:
             # The first copy of each target (rows i * k with `matches_per_target=k`).
             real = problems.target_mask[:, :: self.matches_per_target]  # [P, M]
-            y_true = problems.y_true[:, :: self.matches_per_target]  # [P, M, 5]
+            # A non-finite target is never matched, but its positives are assigned: zeroed
+            # here (the policy makes the loss non-finite), no NaN reaches the gradients.
+            y_true = _finite_or_zero(problems.y_true[:, :: self.matches_per_target])
             dn_true, dn_indices = _layout.denoising_targets(y_true, real, self.denoising_groups)
             dn_sums = self._sums(dn_true, _finite_or_zero(problems.denoising), dn_indices)
         else:
