@@ -480,7 +480,8 @@ class FocalClassCost(_ClassCost):
 
     Classes are independent sigmoids (no softmax); the layout of `y_true` and `y_pred`
     is that of `ClassProbabilityCost`, and ids outside `[0, C)` cost 0. The powers are
-    computed in log space, so gradients are finite for every `gamma >= 0`.
+    products for a whole `gamma` and computed in log space otherwise, so gradients are
+    finite for every `gamma >= 0`.
 
     Args:
         alpha: Weight of the positive term, in `[0, 1]`.
@@ -524,9 +525,17 @@ class FocalClassCost(_ClassCost):
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         """The focal class cost of every pair, `[B, M, N]`."""
         logits = self._logits(y_pred)  # [B, N, C]
-        p, q = ops.sigmoid(logits), ops.sigmoid(-logits)  # [B, N, C]: p and 1 - p
-        q_gamma = ops.exp(self.gamma * ops.log_sigmoid(-logits))  # [B, N, C]: (1 - p)^gamma
-        p_gamma = ops.exp(self.gamma * ops.log_sigmoid(logits))  # [B, N, C]: p^gamma
+        # p = sigmoid(x) and q = 1 - p = sigmoid(-x), both exact, from one exp.
+        e = ops.exp(-ops.abs(logits))  # [B, N, C], in (0, 1]
+        positive_side = logits >= 0.0
+        p = ops.where(positive_side, 1.0, e) / (1.0 + e)  # [B, N, C]
+        q = ops.where(positive_side, e, 1.0) / (1.0 + e)  # [B, N, C]
+        if self.gamma.is_integer():  # multiplications: finite gradients, fewer exps
+            p_gamma, q_gamma = ops.power(p, int(self.gamma)), ops.power(q, int(self.gamma))
+        else:  # log space: finite gradients for every gamma >= 0
+            log1p_e = ops.log1p(e)  # [B, N, C]
+            p_gamma = ops.exp(-self.gamma * (log1p_e + ops.maximum(-logits, 0.0)))
+            q_gamma = ops.exp(-self.gamma * (log1p_e + ops.maximum(logits, 0.0)))
         positive = self.alpha * q_gamma * -ops.log(p + _FOCAL_EPSILON)  # [B, N, C]
         negative = (1.0 - self.alpha) * p_gamma * -ops.log(q + _FOCAL_EPSILON)  # [B, N, C]
         return self._at_true_class(y_true, positive - negative)  # [B, M, N]

@@ -66,6 +66,20 @@ def denoising_targets(y_true: Tensor, target_mask: Tensor, groups: int) -> tuple
     return ops.tile(y_true, (1, groups, 1)), ops.cast(indices, "int32")
 
 
+def positives_to_queries(values: Tensor, groups: int) -> Tensor:
+    """What each target gives its positive denoising query, on the denoising query axis.
+
+    The fixed assignment needs no search: `values [P, G * M, C]` (row `g * M + i`, target
+    i of group g) becomes `[P, G * 2M, C]`, the row at query `g * 2M + i` and zeros at
+    the negatives `g * 2M + M + i`.
+    """
+    channels = values.shape[2]
+    num_targets = values.shape[1] // groups
+    positives = ops.reshape(values, (-1, groups, num_targets, channels))  # [P, G, M, C]
+    both = ops.concatenate([positives, ops.zeros_like(positives)], axis=2)  # [P, G, 2M, C]
+    return ops.reshape(both, (-1, groups * 2 * num_targets, channels))  # [P, G * 2M, C]
+
+
 def dense_one_to_one(indices: Tensor, num_sets: int, num_queries: int) -> Tensor:
     """DEIM's dense one-to-one pairs: each query's most frequent target over the sets.
 

@@ -10,7 +10,7 @@ module matches, applies the weights and normalizes, in one place.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import keras
@@ -580,7 +580,14 @@ class DETRLoss(HungarianLoss):
             # here (the policy makes the loss non-finite), no NaN reaches the gradients.
             y_true = _finite_or_zero(problems.y_true[:, :: self.matches_per_target])
             dn_true, dn_indices = _layout.denoising_targets(y_true, real, self.denoising_groups)
-            dn_sums = self._sums(dn_true, _finite_or_zero(problems.denoising), dn_indices)
+            dn_sums = self._sums(
+                dn_true,
+                _finite_or_zero(problems.denoising),
+                dn_indices,
+                to_queries=lambda values: _layout.positives_to_queries(
+                    values, self.denoising_groups
+                ),
+            )
         else:
             dn_sums = None
         return self._normalize(sums, dn_sums)
@@ -591,12 +598,20 @@ class DETRLoss(HungarianLoss):
         y_pred: Tensor,
         indices: Tensor,
         box_pairs: Tensor | None = None,
+        to_queries: Callable[[Tensor], Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """The sums of the terms per problem `[P]` and their counts, for one assignment.
 
         `box_pairs [P, N]`, if given, is the target of each query for the box terms
-        (dense one-to-one) in place of `indices`.
+        (dense one-to-one) in place of `indices`. `to_queries` puts a value per target
+        `[P, M, C]` on its query `[P, Q, C]` (by default, through `indices`).
         """
+        if to_queries is None:
+            num_queries = y_pred.shape[1]
+
+            def to_queries(values: Tensor) -> Tensor:
+                return classification_terms.query_targets(indices, values, num_queries)
+
         if box_pairs is None:
             box_true, box_indices = y_true, indices
         else:  # the pairs (target of query n, query n)
@@ -606,7 +621,7 @@ class DETRLoss(HungarianLoss):
         l1 = self.matched_cost(box_true, y_pred, box_indices, cost=self._l1)  # [P, R]
         box = self.matched_cost(box_true, y_pred, box_indices, cost=self._box)  # [P, R]
         pairs = ops.sum(ops.cast(box_indices >= 0, y_pred.dtype), axis=1)  # [P]
-        class_sum, class_count = self._class_sum(y_true, y_pred, indices)
+        class_sum, class_count = self._class_sum(y_true, y_pred, indices, to_queries)
         return {
             "class": class_sum,
             "class_count": class_count,
@@ -615,19 +630,25 @@ class DETRLoss(HungarianLoss):
             "box_count": pairs,
         }
 
-    def _class_sum(self, y_true: Tensor, y_pred: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+    def _class_sum(
+        self,
+        y_true: Tensor,
+        y_pred: Tensor,
+        indices: Tensor,
+        to_queries: Callable[[Tensor], Tensor],
+    ) -> tuple[Tensor, Tensor]:
         """The class term's sum `[P]` over all queries, and what it is divided by `[P]`."""
         logits = y_pred[:, :, 4:]  # [P, Q, K (+ 1)]
         num_classes = self._num_classes(y_pred)
         classes = ops.cast(ops.clip(ops.round(y_true[:, :, 4]), 0, num_classes - 1), "int32")
         if self.classification == "softmax":
             return classification_terms.softmax_cross_entropy(
-                logits, classes, indices, self.eos_coef
+                logits, classes, indices, self.eos_coef, to_queries
             )
         matched = ops.cast(indices >= 0, logits.dtype)  # [P, M]
         one_hot = ops.one_hot(classes, num_classes, dtype=logits.dtype) * matched[:, :, None]
         if self.classification == "focal":
-            per_query = classification_terms.query_targets(indices, one_hot, logits.shape[1])
+            per_query = to_queries(one_hot)  # [P, Q, K]
             total = classification_terms.focal(
                 logits, per_query, self.focal_alpha, self.focal_gamma
             )
@@ -635,9 +656,7 @@ class DETRLoss(HungarianLoss):
         # The IoU of each matched query's box with its target's, without gradient.
         iou = 1.0 - self.matched_cost(y_true, y_pred, indices, cost=self._iou)  # [P, M]
         iou = ops.stop_gradient(ops.clip(iou, 0.0, 1.0) * matched)[:, :, None]  # [P, M, 1]
-        per_query = classification_terms.query_targets(
-            indices, ops.concatenate([one_hot, iou], axis=-1), logits.shape[1]
-        )  # [P, Q, K + 1]
+        per_query = to_queries(ops.concatenate([one_hot, iou], axis=-1))  # [P, Q, K + 1]
         one_hot_q, iou_q = per_query[:, :, :num_classes], per_query[:, :, num_classes:]
         if self.classification == "varifocal":
             total = classification_terms.varifocal(

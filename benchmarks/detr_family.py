@@ -1,0 +1,114 @@
+"""RT-DETR's criterion against DETR's on the same queries: forward and backward, compiled, CPU.
+
+The case of issue 16: B = 8 images x 6 decoder layers, 300 matched queries, at most 60 targets
+per image (geometric count, mean 8, padded with -1 rows to 60), K = 80 classes. Contenders,
+each `value_and_grad` of the summed loss with respect to the predictions, compiled as a whole
+(`jax.jit` or `tf.function(jit_compile=True)`), the result brought to the host:
+
+- `detr`: `DETRLoss.detr()` (softmax over K + 1 logits, matching and loss 1/5/2) on
+  `y_pred [8, 6, 300, 4 + 81]`;
+- `rt_detr`: `DETRLoss.rt_detr(denoising_groups=5)` (varifocal, matching 2/5/2) on
+  `y_pred [8, 6, 5 * 2 * 60 + 300, 4 + 80]`: the same 300 queries behind 600 denoising ones.
+
+Rounds are interleaved (each round times both, in alternating order, on a fresh input);
+medians over rounds. Run it once per backend:
+
+    KERAS_BACKEND=jax python benchmarks/detr_family.py --rounds 15
+    KERAS_BACKEND=tensorflow python benchmarks/detr_family.py --rounds 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
+B, S, N, T, K, G = 8, 6, 300, 60, 80, 5
+
+
+def inputs(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    counts = np.minimum(rng.geometric(1 / 8, size=B), T)
+    y_true = np.full((B, T, 5), -1.0, "float32")
+    for b, count in enumerate(counts):
+        y_true[b, :count, :2] = rng.uniform(0.1, 0.9, (count, 2))
+        y_true[b, :count, 2:4] = rng.uniform(0.02, 0.4, (count, 2))
+        y_true[b, :count, 4] = rng.integers(0, K, count)
+    queries = G * 2 * T + N
+    boxes = np.concatenate(
+        [rng.uniform(0.05, 0.95, (B, S, queries, 2)), rng.uniform(0.02, 0.5, (B, S, queries, 2))],
+        axis=-1,
+    )
+    logits = rng.normal(size=(B, S, queries, K + 1))
+    y_pred = np.concatenate([boxes, logits], axis=-1).astype("float32")
+    return {
+        "detr": (y_true, y_pred[:, :, G * 2 * T :]),  # the 300 queries, K + 1 logits
+        "rt_detr": (y_true, y_pred[..., : 4 + K]),  # denoising + the 300 queries, K logits
+    }
+
+
+def value_and_grad(loss: Any) -> Any:
+    if BACKEND == "jax":
+        import jax
+
+        def total(y_true: Any, y_pred: Any) -> Any:
+            return loss(y_true, y_pred)
+
+        step = jax.jit(jax.value_and_grad(total, argnums=1))
+        return lambda t, p: [np.asarray(x) for x in step(t, p)]
+    import tensorflow as tf
+
+    @tf.function(jit_compile=True)
+    def step_tf(y_true: Any, y_pred: Any) -> Any:
+        with tf.GradientTape() as tape:
+            tape.watch(y_pred)
+            value = loss(y_true, y_pred)
+        return value, tape.gradient(value, y_pred)
+
+    return lambda t, p: [np.asarray(x) for x in step_tf(tf.constant(t), tf.constant(p))]
+
+
+def main() -> None:
+    from hungarian_loss import DETRLoss
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=3, help="calls per sample (their mean)")
+    args = parser.parse_args()
+    steps = {
+        "detr": value_and_grad(DETRLoss.detr()),
+        "rt_detr": value_and_grad(DETRLoss.rt_detr(denoising_groups=G)),
+    }
+    first = {}
+    data = inputs(np.random.default_rng(0))
+    for name, step in steps.items():
+        start = time.perf_counter()
+        value, grad = step(*data[name])
+        first[name] = time.perf_counter() - start
+        assert np.isfinite(value) and np.all(np.isfinite(grad)), name
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_ in range(args.rounds):
+        data = inputs(np.random.default_rng(round_ + 1))
+        order = list(steps) if round_ % 2 == 0 else list(steps)[::-1]
+        for name in order:
+            start = time.perf_counter()
+            for _ in range(args.calls):
+                steps[name](*data[name])
+            times[name].append((time.perf_counter() - start) / args.calls)
+    median = {name: statistics.median(values) * 1e3 for name, values in times.items()}
+    print(f"backend {BACKEND}: B={B}, S={S} layers, N={N}, <= {T} targets, K={K}, G={G}")
+    for name in steps:
+        print(
+            f"  {name:8s} median {median[name]:8.1f} ms  "
+            f"(min {min(times[name]) * 1e3:.1f}, max {max(times[name]) * 1e3:.1f}; "
+            f"first call {first[name]:.1f} s)"
+        )
+    print(f"  rt_detr / detr = {median['rt_detr'] / median['detr']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
