@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import keras
 import numpy as np
@@ -12,6 +13,8 @@ from helpers import compiled, np_from_xyxy, value_and_grads
 from hungarian_loss.boxes import (
     BOX_FORMATS,
     convert_format,
+    pairwise_ciou,
+    pairwise_diou,
     pairwise_giou,
     pairwise_iou,
     standardize_box_format,
@@ -35,6 +38,40 @@ def np_iou_giou(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     )
     iou = inter / union if union > 1e-7 else 0.0
     return iou, iou - (enclosing - union) / enclosing if enclosing > 1e-7 else iou
+
+
+def np_diou_ciou(a: np.ndarray, b: np.ndarray, freeze_alpha: float | None = None):
+    """DIoU and CIoU of two xyxy boxes, by the definitions, one pair at a time.
+
+    The enclosing box spans every corner coordinate (the usual one for proper boxes);
+    the aspect angle of a box with both sides <= 1e-7 is 0. `freeze_alpha` replaces
+    CIoU's alpha by a constant (to check the gradient, which holds alpha constant).
+    """
+    a, b = np.asarray(a, "float64"), np.asarray(b, "float64")
+    iou = np_iou_giou(a, b)[0]
+    distance = np.sum(((a[:2] + a[2:]) / 2 - (b[:2] + b[2:]) / 2) ** 2)
+    lowest = np.minimum(np.minimum(a[:2], a[2:]), np.minimum(b[:2], b[2:]))
+    highest = np.maximum(np.maximum(a[:2], a[2:]), np.maximum(b[:2], b[2:]))
+    diagonal = np.sum((highest - lowest) ** 2)
+    diou = iou - (distance / diagonal if diagonal > 1e-7 else 0.0)
+
+    def angle(box: np.ndarray) -> float:
+        width, height = max(box[2] - box[0], 0.0), max(box[3] - box[1], 0.0)
+        return math.atan2(width, height) if max(width, height) > 1e-7 else 0.0
+
+    v = 4 / math.pi**2 * (angle(a) - angle(b)) ** 2
+    alpha = v / (1 - iou + v) if 1 - iou + v > 1e-7 else 0.0
+    if freeze_alpha is not None:
+        alpha = freeze_alpha
+    return diou, diou - alpha * v
+
+
+def np_diou(a: np.ndarray, b: np.ndarray) -> float:
+    return np_diou_ciou(a, b)[0]
+
+
+def np_ciou(a: np.ndarray, b: np.ndarray) -> float:
+    return np_diou_ciou(a, b)[1]
 
 
 def np_pairwise(fn, boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
@@ -71,6 +108,11 @@ OTHERS = np.array(
 )
 HAND_IOU = [1.0, 0.25, 0.0, 0.0]
 HAND_GIOU = [1.0, 0.25, 0.0, -0.5]
+# DIoU: centers (50, 50) against (50, 50), (25, 25), (150, 50), (150, 150); enclosing
+# diagonals^2 100^2 * 2, 100^2 * 2, 200^2 + 100^2, 200^2 * 2. All squares: CIoU = DIoU.
+HAND_DIOU = [1.0, 0.25 - 1250 / 20000, -10000 / 50000, -20000 / 80000]
+
+ALL_GEOMETRY = [pairwise_iou, pairwise_giou, pairwise_diou, pairwise_ciou]
 
 # ----------------------------------------------------------------------------- formats
 
@@ -158,6 +200,31 @@ def test_hand_derived_iou_and_giou_in_every_format(box_format):
     assert iou.shape == giou.shape == (1, 1, 4)
     np.testing.assert_allclose(iou[0, 0], HAND_IOU, atol=1e-6)
     np.testing.assert_allclose(giou[0, 0], HAND_GIOU, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(pairwise_diou(box, others, box_format))[0, 0], HAND_DIOU)
+    np.testing.assert_allclose(np.asarray(pairwise_ciou(box, others, box_format))[0, 0], HAND_DIOU)
+
+
+def test_hand_derived_diou_and_ciou():
+    # Two disjoint unit squares, centers 2 apart, inside the 3 x 1 box [0, 0, 3, 1]:
+    # DIoU = 0 - 2^2 / (3^2 + 1^2). Same aspect ratio, so CIoU = DIoU.
+    square = np.array([[[0.0, 0.0, 1.0, 1.0]]], dtype="float32")
+    apart = np.array([[[0.0, 0.0, 1.0, 1.0], [2.0, 0.0, 3.0, 1.0]]], dtype="float32")
+    np.testing.assert_allclose(np.asarray(pairwise_diou(square, apart)), [[[1.0, -0.4]]])
+    np.testing.assert_allclose(np.asarray(pairwise_ciou(square, apart)), [[[1.0, -0.4]]])
+    # [0, 0, 2, 2] against its lower half [0, 0, 2, 1]: IoU 1/2, centers 1/2 apart in an
+    # enclosing box of diagonal^2 8, aspect angles atan(1) and atan(2).
+    half = np.array([[[0.0, 0.0, 2.0, 1.0]]], dtype="float32")
+    v = 4 / math.pi**2 * (math.atan(2.0) - math.atan(1.0)) ** 2
+    diou = 0.5 - 0.25 / 8
+    np.testing.assert_allclose(np.asarray(pairwise_diou(2 * square, half)), [[[diou]]])
+    ciou = np.asarray(pairwise_ciou(2 * square, half))
+    np.testing.assert_allclose(ciou, [[[diou - v / (0.5 + v) * v]]], rtol=1e-6)
+    # A box of height 0 (atan(w / 0) = pi / 2) against a square (atan(1) = pi / 4):
+    # v = 4 / pi^2 * (pi / 4)^2 = 1/4, IoU 0, alpha = 1/4 / (1 + 1/4).
+    flat = np.array([[[0.0, 1.0, 2.0, 1.0]]], dtype="float32")
+    np.testing.assert_allclose(
+        np.asarray(pairwise_ciou(flat, 2 * square)), [[[0.0 - 0.2 * 0.25]]], atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("box_format", ["xyxy", "center_yxhw"])
@@ -172,9 +239,56 @@ def test_pairwise_geometry_matches_numpy_reference(box_format):
     np.testing.assert_allclose(iou, expected_iou, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(giou, expected_giou, rtol=1e-5, atol=1e-5)
     assert np.all((iou >= 0) & (iou <= 1)) and np.all((giou >= -1) & (giou <= iou + 1e-6))
+    diou = np.asarray(pairwise_diou(*converted, box_format=box_format))
+    ciou = np.asarray(pairwise_ciou(*converted, box_format=box_format))
+    np.testing.assert_allclose(diou, np_pairwise(np_diou, boxes1, boxes2), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ciou, np_pairwise(np_ciou, boxes1, boxes2), rtol=1e-5, atol=1e-5)
+    assert np.all((diou >= -1) & (diou <= iou + 1e-6))
+    assert np.all((ciou >= -1.5) & (ciou <= diou + 1e-6))
 
 
-@pytest.mark.parametrize("fn", [pairwise_iou, pairwise_giou])
+@pytest.mark.parametrize("box_format", BOX_FORMATS)
+def test_ciou_equals_keras_compute_ciou(box_format):
+    # Keras's compute_ciou takes pairs elementwise; it accepts the absolute formats only
+    # (it refuses the relative ones), and boxes with sides > 0 (it does not clamp them).
+    rng = np.random.default_rng(3)
+    corner = rng.uniform(0.0, 10.0, size=(2, 7, 2))
+    boxes = np.concatenate([corner, corner + rng.uniform(0.1, 5.0, (2, 7, 2))], axis=-1)
+    boxes1 = np.concatenate([BOX.repeat(2, axis=0), boxes[:, :2]], axis=1).astype("float32")
+    boxes2 = np.concatenate([OTHERS.repeat(2, axis=0), boxes], axis=1).astype("float32")
+    boxes1, boxes2 = np_from_xyxy(boxes1, box_format), np_from_xyxy(boxes2, box_format)
+    ours = np.asarray(pairwise_ciou(boxes1, boxes2, box_format))  # [2, 3, 11]
+    theirs = keras.utils.bounding_boxes.compute_ciou(
+        np.repeat(boxes1[:, :, None], 11, axis=2), np.repeat(boxes2[:, None], 3, axis=1), box_format
+    )
+    assert ours.shape == (2, 3, 11)
+    np.testing.assert_allclose(ours, keras.ops.convert_to_numpy(theirs), rtol=1e-5, atol=1e-5)
+
+
+def test_ciou_gradient_holds_alpha_constant():
+    # d CIoU / d boxes2 by central differences of the NumPy reference with alpha frozen
+    # at its value here; differentiating through alpha (as Keras's compute_ciou does)
+    # gives a different gradient, so this tells the two apart.
+    a = np.array([0.0, 0.0, 2.0, 2.0])
+    b = np.array([0.3, 0.1, 2.5, 1.2])
+    iou = np_iou_giou(a, b)[0]
+    v = np_diou_ciou(a, b, freeze_alpha=1.0)[0] - np_diou_ciou(a, b, freeze_alpha=1.0)[1]
+    alpha = v / (1 - iou + v)
+    step = 1e-4
+
+    def central(fn):
+        return np.array([(fn(b + step * e) - fn(b - step * e)) / (2 * step) for e in np.eye(4)])
+
+    frozen = central(lambda x: np_diou_ciou(a, x, freeze_alpha=alpha)[1])
+    through_alpha = central(lambda x: np_diou_ciou(a, x)[1])
+    assert np.max(np.abs(frozen - through_alpha)) > 1e-3
+    _, (grad,) = value_and_grads(
+        lambda x: pairwise_ciou(a[None, None].astype("float32"), x), b[None, None].astype("float32")
+    )
+    np.testing.assert_allclose(grad[0, 0], frozen, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("fn", ALL_GEOMETRY)
 def test_unbatched_boxes_give_one_matrix(fn):
     batched = np.asarray(fn(BOX, OTHERS))
     single = np.asarray(fn(BOX[0], OTHERS[0]))
@@ -182,14 +296,14 @@ def test_unbatched_boxes_give_one_matrix(fn):
     np.testing.assert_allclose(single, batched[0])
 
 
-@pytest.mark.parametrize("fn", [pairwise_iou, pairwise_giou])
+@pytest.mark.parametrize("fn", ALL_GEOMETRY)
 def test_empty_sets_of_boxes(fn):
     empty = np.zeros((2, 0, 4), "float32")
     assert np.asarray(fn(empty, OTHERS.repeat(2, axis=0))).shape == (2, 0, 4)
     assert np.asarray(fn(OTHERS.repeat(2, axis=0), empty)).shape == (2, 4, 0)
 
 
-@pytest.mark.parametrize("fn", [pairwise_iou, pairwise_giou])
+@pytest.mark.parametrize("fn", ALL_GEOMETRY)
 @pytest.mark.parametrize(
     ("boxes1", "boxes2", "message"),
     [
@@ -209,30 +323,52 @@ def test_pairwise_geometry_rejects_unknown_format():
         pairwise_giou(BOX, OTHERS, box_format="ltrb")
 
 
-# Identical boxes, zero-area boxes (a point, a segment), an inverted box (x2 < x1).
-EDGE_TRUE = np.array([[[0, 0, 10, 10], [5, 5, 5, 5], [8, 2, 3, 9], [5, 5, 5, 9]]], dtype="float32")
-EDGE_PRED = np.array([[[0, 0, 10, 10], [5, 5, 5, 5], [8, 2, 3, 9], [5, 5, 5, 9]]], "float32")
+# Identical boxes, zero-area boxes (a point, a segment of width 0, one of height 0), an
+# inverted box (x2 < x1).
+EDGE_TRUE = np.array(
+    [[[0, 0, 10, 10], [5, 5, 5, 5], [8, 2, 3, 9], [5, 5, 5, 9], [2, 7, 9, 7]]], dtype="float32"
+)
+EDGE_PRED = EDGE_TRUE.copy()
+REFERENCES = [
+    (pairwise_iou, lambda a, b: np_iou_giou(a, b)[0]),
+    (pairwise_giou, lambda a, b: np_iou_giou(a, b)[1]),
+    (pairwise_diou, np_diou),
+    (pairwise_ciou, np_ciou),
+]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize(("fn", "which"), [(pairwise_iou, 0), (pairwise_giou, 1)])
-def test_values_and_gradients_are_finite_on_edge_cases(fn, which, dtype):
+@pytest.mark.parametrize(("fn", "reference"), REFERENCES, ids=lambda x: getattr(x, "__name__", ""))
+def test_values_and_gradients_are_finite_on_edge_cases(fn, reference, dtype):
     value, grads = value_and_grads(fn, EDGE_TRUE.astype(dtype), EDGE_PRED.astype(dtype))
     assert value.dtype == np.dtype(dtype)
     assert np.all(np.isfinite(value))
     for grad in grads:
         assert np.all(np.isfinite(grad))
     assert [g.shape for g in grads] == [EDGE_TRUE.shape, EDGE_PRED.shape]
-    expected = np_pairwise(lambda a, b: np_iou_giou(a, b)[which], EDGE_TRUE, EDGE_PRED)
+    expected = np_pairwise(reference, EDGE_TRUE, EDGE_PRED)
     np.testing.assert_allclose(value.astype("float32"), expected, atol=1e-3)
     assert value[0, 0, 0] == 1.0  # identical proper boxes
-    np.testing.assert_array_equal(value[0, 1:, :] if which == 0 else 0.0, 0.0)  # empty boxes
+    np.testing.assert_array_equal(value[0, 1:, :] if fn is pairwise_iou else 0.0, 0.0)  # empty
 
 
-def test_identical_empty_boxes_have_iou_and_giou_zero():
+@pytest.mark.parametrize("fn", [pairwise_diou, pairwise_ciou])
+def test_diou_and_ciou_are_finite_for_huge_and_tiny_boxes(fn):
+    big = 3e38
+    boxes = np.array(
+        [[[-big, -big, big, big], [0, 0, 1e-9, 1e-9], [0, 0, 1e-30, 1], [0, 0, 1, 1e-30]]],
+        dtype="float32",
+    )
+    value, grads = value_and_grads(fn, boxes, boxes[:, ::-1])
+    assert np.all(np.isfinite(value)) and all(np.all(np.isfinite(g)) for g in grads)
+    assert np.all((value >= -1.5) & (value <= 1.0))
+    np.testing.assert_allclose(value[0, 0, 3], 1.0)  # the huge box against itself
+
+
+def test_identical_empty_boxes_have_iou_giou_diou_and_ciou_zero():
     point = np.array([[[5.0, 5.0, 5.0, 5.0]]], dtype="float32")
-    assert float(np.asarray(pairwise_iou(point, point))[0, 0, 0]) == 0.0
-    assert float(np.asarray(pairwise_giou(point, point))[0, 0, 0]) == 0.0
+    for fn in ALL_GEOMETRY:
+        assert float(np.asarray(fn(point, point))[0, 0, 0]) == 0.0
 
 
 def test_half_precision_is_computed_without_overflow():
@@ -245,7 +381,7 @@ def test_half_precision_is_computed_without_overflow():
     np.testing.assert_allclose(expected[0], [[1.0, 0.25], [0.25, 1.0]], atol=1e-6)
 
 
-@pytest.mark.parametrize("fn", [pairwise_iou, pairwise_giou])
+@pytest.mark.parametrize("fn", ALL_GEOMETRY)
 def test_compiled_with_unknown_batch_matches_eager(fn):
     rng = np.random.default_rng(2)
     boxes1, boxes2 = random_boxes(rng, (2, 3)), random_boxes(rng, (2, 5))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import keras
 import numpy as np
@@ -13,7 +14,9 @@ from keras import ops
 
 from hungarian_loss.boxes import BOX_FORMATS
 from hungarian_loss.costs import (
+    CIoUCost,
     ClassProbabilityCost,
+    DIoUCost,
     FocalClassCost,
     GIoUCost,
     IoUCost,
@@ -71,6 +74,25 @@ def ref_iou_giou(t, p):
     )
     iou = inter / union if union > 1e-7 else 0.0
     return iou, iou - (enclosing - union) / enclosing if enclosing > 1e-7 else iou
+
+
+def ref_diou_ciou(t, p):
+    """DIoU and CIoU of the xyxy boxes t[:4] and p[:4], by the definitions (the enclosing
+    box spans every corner; a box with both sides <= 1e-7 has the aspect angle 0)."""
+    iou = ref_iou_giou(t, p)[0]
+    distance = np.sum(((t[:2] + t[2:4]) / 2 - (p[:2] + p[2:4]) / 2) ** 2)
+    lowest = np.minimum(np.minimum(t[:2], t[2:4]), np.minimum(p[:2], p[2:4]))
+    highest = np.maximum(np.maximum(t[:2], t[2:4]), np.maximum(p[:2], p[2:4]))
+    diagonal = np.sum((highest - lowest) ** 2)
+    diou = iou - (distance / diagonal if diagonal > 1e-7 else 0.0)
+
+    def angle(x):
+        width, height = max(x[2] - x[0], 0.0), max(x[3] - x[1], 0.0)
+        return math.atan2(width, height) if max(width, height) > 1e-7 else 0.0
+
+    v = 4 / math.pi**2 * (angle(t) - angle(p)) ** 2
+    alpha = v / (1 - iou + v) if 1 - iou + v > 1e-7 else 0.0
+    return diou, diou - alpha * v
 
 
 def ref_class_probability(t, p):
@@ -132,6 +154,23 @@ def test_hand_derived_giou_and_iou_costs_in_every_format(box_format):
     iou = np.asarray(IoUCost(box_format)(box, others))
     np.testing.assert_allclose(giou, [[[0.0, 0.75, 1.0, 1.5]]], atol=1e-6)
     np.testing.assert_allclose(iou, [[[0.0, 0.75, 1.0, 1.0]]], atol=1e-6)
+    # DIoU penalties d^2 / c^2: 0, 1250 / 20000, 10000 / 50000, 20000 / 80000; the boxes
+    # are squares, so CIoU's aspect term is 0.
+    expected = [[[0.0, 0.8125, 1.2, 1.25]]]
+    for name in ("diou", "ciou"):
+        value = np.asarray(get_cost(name, box_format=box_format)(box, others))
+        np.testing.assert_allclose(value, expected, atol=1e-6)
+
+
+def test_ciou_cost_is_one_minus_keras_compute_ciou():
+    y_true, y_pred = np.abs(Y_TRUE[..., :4]), np.abs(Y_PRED[..., :4])  # sides > 0 for Keras
+    y_true = np.concatenate([y_true[..., :2], y_true[..., :2] + y_true[..., 2:] + 0.1], -1)
+    y_pred = np.concatenate([y_pred[..., :2], y_pred[..., :2] + y_pred[..., 2:] + 0.1], -1)
+    value = np.asarray(CIoUCost("xyxy")(y_true, y_pred))
+    keras_ciou = keras.utils.bounding_boxes.compute_ciou(
+        np.repeat(y_true[:, :, None], 5, axis=2), np.repeat(y_pred[:, None], 3, axis=1), "xyxy"
+    )
+    np.testing.assert_allclose(value, 1.0 - ops.convert_to_numpy(keras_ciou), atol=1e-5)
 
 
 REFERENCE_CASES = {
@@ -140,6 +179,8 @@ REFERENCE_CASES = {
     "squared_l2": (SquaredL2Cost(channels=[0, 4]), ref_squared_l2),
     "iou": (IoUCost(), lambda t, p: 1.0 - ref_iou_giou(t, p)[0]),
     "giou": (GIoUCost(), lambda t, p: 1.0 - ref_iou_giou(t, p)[1]),
+    "diou": (DIoUCost(), lambda t, p: 1.0 - ref_diou_ciou(t, p)[0]),
+    "ciou": (CIoUCost(), lambda t, p: 1.0 - ref_diou_ciou(t, p)[1]),
     "class_probability": (ClassProbabilityCost(), ref_class_probability),
     "focal_class": (FocalClassCost(), ref_focal),
     "focal_class_params": (
@@ -151,6 +192,10 @@ REFERENCE_CASES = {
         lambda t, p: (
             ref_class_probability(t, p) + 5.0 * ref_l1(t, p) + 2.0 * (1 - ref_iou_giou(t, p)[1])
         ),
+    ),
+    "d_fine_boxes": (
+        WeightedCost([(L1Cost(channels=[0, 4]), 5), ("ciou", 2)]),
+        lambda t, p: 5.0 * ref_l1(t, p) + 2.0 * (1 - ref_diou_ciou(t, p)[1]),
     ),
 }
 
@@ -228,6 +273,8 @@ ALL_COSTS = [
     "squared_l2",
     "iou",
     "giou",
+    "diou",
+    "ciou",
     "class_probability",
     "focal_class",
     {"l1": 5.0, "giou": 2.0, "l2": 1.0},
@@ -305,9 +352,12 @@ SERIALIZABLE = {
     "squared_l2": SquaredL2Cost(channels=[2, 4]),
     "iou": IoUCost("center_xywh"),
     "giou": GIoUCost("yxyx", channels=[0, 4]),
+    "diou": DIoUCost("xywh", channels=[1, 5]),
+    "ciou": CIoUCost("center_xywh"),
     "class_probability": ClassProbabilityCost(class_index=-1, logits_start=4),
     "focal_class": FocalClassCost(alpha=0.5, gamma=1.0),
     "weighted_names": WeightedCost({"giou": 2.0, "iou": 1.0}, box_format="xywh"),
+    "weighted_ciou": WeightedCost({"ciou": 2, "diou": 1}, box_format="center_xywh"),
     "detr": WeightedCost(DETR),
     "nested": WeightedCost(
         [(WeightedCost({"giou": 1.0, "iou": 1.0}), 0.5), ("focal_class", 2.0)],
@@ -348,8 +398,11 @@ def test_json_round_trip_through_keras_serialization(name):
     "identifier",
     [
         "giou",
+        "diou",
+        "ciou",
         "test_manhattan_first_two",
         {"l1": 5.0, "giou": 2.0},
+        {"l1": 5.0, "ciou": 2.0},
         GIoUCost("center_xywh"),
         WeightedCost(DETR),
         manhattan_first_two,
@@ -371,6 +424,9 @@ def test_serialize_cost_and_get_cost_round_trip_through_json(identifier):
 def test_serialize_cost_gives_names_and_configs():
     assert serialize_cost("l2") == "l2"
     assert serialize_cost({"l1": 5, "giou": 2}) == {"l1": 5.0, "giou": 2.0}
+    assert serialize_cost("ciou") == "ciou"
+    assert serialize_cost({"l1": 5, "ciou": 2}) == {"l1": 5.0, "ciou": 2.0}
+    assert serialize_cost(DIoUCost("xywh"))["registered_name"] == "hungarian_loss>DIoUCost"
     assert serialize_cost(manhattan_first_two) == "test_manhattan_first_two"
     config = serialize_cost(FocalClassCost(gamma=1.0))
     assert config["registered_name"] == "hungarian_loss>FocalClassCost"
@@ -404,6 +460,8 @@ def test_keras_registered_function_serializes_as_a_keras_config():
         ("squared_l2", SquaredL2Cost),
         ("iou", IoUCost),
         ("giou", GIoUCost),
+        ("diou", DIoUCost),
+        ("ciou", CIoUCost),
         ("class_probability", ClassProbabilityCost),
         ("focal_class", FocalClassCost),
     ],

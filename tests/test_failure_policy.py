@@ -23,9 +23,11 @@ from hypothesis.extra import numpy as hnp
 from keras import ops
 
 from hungarian_loss import HungarianLoss
-from hungarian_loss.boxes import pairwise_giou, pairwise_iou
+from hungarian_loss.boxes import pairwise_ciou, pairwise_diou, pairwise_giou, pairwise_iou
 from hungarian_loss.costs import (
+    CIoUCost,
     ClassProbabilityCost,
+    DIoUCost,
     FocalClassCost,
     GIoUCost,
     IoUCost,
@@ -197,7 +199,7 @@ def test_l2_of_huge_differences_is_finite_with_the_unit_direction_gradient(mode:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("cost", ["iou", "giou"])
+@pytest.mark.parametrize("cost", ["iou", "giou", "diou", "ciou"])
 def test_nan_box_gives_nan_cost_and_nan_loss(cost: str, mode: str) -> None:
     y_true = f32([[[0, 0, 1, 1]], [[0, 0, 1, 1]], [[NAN, 0, 1, 1]]])  # [3, 1, 4]
     y_pred = f32(
@@ -207,7 +209,8 @@ def test_nan_box_gives_nan_cost_and_nan_loss(cost: str, mode: str) -> None:
             [[0, 0, 1, 1], [0, 0, 2, 2]],  # a NaN target: NaN
         ]
     )
-    matrix = run(IoUCost() if cost == "iou" else GIoUCost(), y_true, y_pred, mode=mode)
+    box_cost = {"iou": IoUCost, "giou": GIoUCost, "diou": DIoUCost, "ciou": CIoUCost}[cost]()
+    matrix = run(box_cost, y_true, y_pred, mode=mode)
     np.testing.assert_array_equal(
         np.isnan(matrix[:, 0]), [[True, False], [False, True], [True, True]]
     )
@@ -327,11 +330,11 @@ def test_variables_as_inputs(mode: str) -> None:
         )
 
 
-# ------------------------------------------- 6. GIoU of huge finite boxes stays finite
+# ------------------------------- 6. GIoU, DIoU and CIoU of huge finite boxes stay finite
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_iou_and_giou_of_huge_finite_boxes(mode: str) -> None:
+def test_iou_family_of_huge_finite_boxes(mode: str) -> None:
     for big in (1e20, 3e38):
         boxes1 = f32([[[0, 0, big, big], [-big, -big, big, big]]])  # [1, 2, 4]
         boxes2 = f32([[[0, 0, big / 2, big / 2], [-big, -big, 0, 0], [big / 2, 0, big, big]]])
@@ -339,12 +342,19 @@ def test_iou_and_giou_of_huge_finite_boxes(mode: str) -> None:
         giou = run(pairwise_giou, boxes1, boxes2, mode=mode)
         np.testing.assert_allclose(iou[0], [[0.25, 0.0, 0.5], [1 / 16, 0.25, 1 / 8]], atol=1e-6)
         np.testing.assert_allclose(giou[0], [[0.25, -0.5, 0.5], [1 / 16, 0.25, 1 / 8]], atol=1e-6)
+        for fn in (pairwise_diou, pairwise_ciou):  # the values of the boxes scaled to ~1
+            np.testing.assert_allclose(
+                run(fn, boxes1, boxes2, mode=mode),
+                run(fn, boxes1 / big, boxes2 / big, mode=mode),
+                atol=1e-6,
+            )
     # The loss on such boxes: finite, with finite gradients.
     y_true = f32([[[0, 0, 1e20, 1e20]], [[-3e38, -3e38, 3e38, 3e38]]])
     y_pred = f32([[[0, 0, 5e19, 5e19]], [[0, 0, 3e38, 3e38]]])
-    value, grad_true, grad_pred, _ = outcome(per_sample(cost="giou"), y_true, y_pred, mode)
-    np.testing.assert_allclose(value, [0.75, 0.75], rtol=1e-6)
-    assert np.all(np.isfinite(grad_pred)) and np.all(np.isfinite(grad_true))
+    for cost, expected in (("giou", 0.75), ("diou", 0.8125), ("ciou", 0.8125)):
+        value, grad_true, grad_pred, _ = outcome(per_sample(cost=cost), y_true, y_pred, mode)
+        np.testing.assert_allclose(value, [expected, expected], rtol=1e-6, err_msg=cost)
+        assert np.all(np.isfinite(grad_pred)) and np.all(np.isfinite(grad_true)), cost
 
 
 # ------------------------------------------------------------- 7. checks at the boundary
@@ -414,6 +424,8 @@ PROPERTY_COSTS = {
     "squared_l2": SquaredL2Cost(channels=BOX),
     "iou": IoUCost(),
     "giou": GIoUCost(),
+    "diou": DIoUCost(),
+    "ciou": CIoUCost(),
     "class_probability": ClassProbabilityCost(),
     "focal_class": FocalClassCost(),
     "weighted": WeightedCost(

@@ -13,9 +13,9 @@ Boxes are the last axis of a tensor, four numbers in one of Keras's absolute for
 The geometry works on batches of sets of boxes: `[B, M, 4]` and `[B, N, 4]` give
 `[B, M, N]`, one value per pair (an unbatched `[M, 4]` and `[N, 4]` give `[M, N]`).
 It never asserts on tensor values: boxes with zero area or with `right < left`
-(or `bottom < top`) have their width or height clamped to zero, and a ratio of areas
-whose denominator is at most `epsilon = keras.config.epsilon()` is 0, with gradient
-0, so values and gradients stay finite for finite boxes, up to the largest float
+(or `bottom < top`) have their width or height clamped to zero, and a ratio (of areas,
+or of squared distances) whose denominator is at most `epsilon = keras.config.epsilon()`
+is 0, with gradient 0, so values and gradients stay finite for finite boxes, up to the largest float
 (huge coordinates are scaled down before areas are taken). A pair that holds a box
 with a non-finite coordinate (`inf`, `-inf`, `NaN`) has the value `NaN`, and no
 gradient flows from it to the other box of the pair.
@@ -24,6 +24,7 @@ Nothing here imports from the rest of the package.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
@@ -32,6 +33,8 @@ from keras import ops
 __all__ = [
     "BOX_FORMATS",
     "convert_format",
+    "pairwise_ciou",
+    "pairwise_diou",
     "pairwise_giou",
     "pairwise_iou",
     "standardize_box_format",
@@ -220,6 +223,102 @@ def pairwise_giou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> T
     return _finish(giou, invalid, dtype)
 
 
+def pairwise_diou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
+    r"""Distance intersection over union (Zheng et al., 2020) of every pair of boxes.
+
+    With `d` the distance between the centers of `a` and `b` and `c` the diagonal of the
+    smallest box `C` enclosing both:
+
+    ```
+    diou(a, b) = iou(a, b) - d^2 / c^2    where c^2 > epsilon, else iou(a, b)
+    ```
+
+    Unlike GIoU, the penalty keeps pulling the centers together when one box holds the
+    other. Preconditions: none on values; empty and inverted boxes count as empty in
+    the IoU, as in `pairwise_iou`. `C` spans all the corners of both boxes, so that it
+    holds both centers even for inverted boxes and `d^2 <= c^2`. Half precision is
+    computed in float32.
+
+    Args:
+        boxes1: Float tensor `[B, M, 4]` (or `[M, 4]`) in `box_format`.
+        boxes2: Float tensor `[B, N, 4]` (or `[N, 4]`) in `box_format`.
+        box_format: The format of both, one of `BOX_FORMATS`.
+
+    Returns:
+        Tensor `[B, M, N]` (or `[M, N]`) of values in `[-1, 1]` (`NaN` for pairs with a
+        non-finite coordinate), of the inputs' dtype.
+
+    Raises:
+        ValueError: if `box_format` is unknown, a last dimension is not 4, or the
+            ranks differ or are not 2 or 3.
+
+    Examples:
+        >>> import numpy as np
+        >>> from hungarian_loss.boxes import pairwise_diou
+        >>> a = np.array([[0.0, 0.0, 1.0, 1.0]], dtype="float32")
+        >>> b = np.array([[0.0, 0.0, 1.0, 1.0], [2.0, 0.0, 3.0, 1.0]], dtype="float32")
+        >>> print(np.round(np.asarray(pairwise_diou(a, b)), 4))  # 0 - 2^2 / (3^2 + 1^2)
+        [[ 1.  -0.4]]
+    """
+    boxes1, boxes2, invalid, dtype = _prepare_pair(boxes1, boxes2, box_format)
+    intersection, union = _intersection_and_union(boxes1, boxes2)  # [B, M, N] each
+    iou = _safe_divide(intersection, union)  # [B, M, N]
+    return _finish(iou - _center_distance_ratio(boxes1, boxes2), invalid, dtype)
+
+
+def pairwise_ciou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
+    r"""Complete intersection over union (Zheng et al., 2020) of every pair of boxes.
+
+    DIoU (see `pairwise_diou`) minus a penalty for different aspect ratios, with `w`
+    and `h` the width and height of a box:
+
+    ```
+    ciou(a, b) = diou(a, b) - alpha * v
+    v          = (4 / pi^2) * (atan(w_a / h_a) - atan(w_b / h_b))^2
+    alpha      = v / (1 - iou(a, b) + v)    where 1 - iou(a, b) + v > epsilon, else 0
+    ```
+
+    The values are those of `keras.utils.bounding_boxes.compute_ciou` (which adds
+    `epsilon` to heights and denominators; here the divisions are guarded instead).
+    `alpha` is a constant for the gradient, as in the paper (and torchvision's CIoU
+    loss); `compute_ciou` differentiates through it, so gradients differ slightly.
+
+    Preconditions: none on values; empty and inverted boxes are handled as in
+    `pairwise_diou`. `atan(w / h)` is taken as `atan2(w, h)` on sides clamped to
+    `>= 0`: `pi / 2` for `h = 0`, and 0 (with gradient 0) for a box whose sides are both
+    at most `epsilon`. Half precision is computed in float32.
+
+    Args:
+        boxes1: Float tensor `[B, M, 4]` (or `[M, 4]`) in `box_format`.
+        boxes2: Float tensor `[B, N, 4]` (or `[N, 4]`) in `box_format`.
+        box_format: The format of both, one of `BOX_FORMATS`.
+
+    Returns:
+        Tensor `[B, M, N]` (or `[M, N]`) of values in `[-1.5, 1]` (`NaN` for pairs with
+        a non-finite coordinate), of the inputs' dtype.
+
+    Raises:
+        ValueError: if `box_format` is unknown, a last dimension is not 4, or the
+            ranks differ or are not 2 or 3.
+
+    Examples:
+        >>> import numpy as np
+        >>> from hungarian_loss.boxes import pairwise_ciou
+        >>> a = np.array([[0.0, 0.0, 2.0, 2.0]], dtype="float32")
+        >>> b = np.array([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 1.0]], dtype="float32")
+        >>> print(np.round(np.asarray(pairwise_ciou(a, b)), 4))
+        [[1.     0.4655]]
+    """
+    boxes1, boxes2, invalid, dtype = _prepare_pair(boxes1, boxes2, box_format)
+    intersection, union = _intersection_and_union(boxes1, boxes2)  # [B, M, N] each
+    iou = _safe_divide(intersection, union)  # [B, M, N]
+    angle1, angle2 = _aspect_angle(boxes1), _aspect_angle(boxes2)  # [B, M, N] each
+    v = (4.0 / math.pi**2) * ops.square(angle1 - angle2)  # [B, M, N], in [0, 1]
+    alpha = ops.stop_gradient(_safe_divide(v, 1.0 - iou + v))  # [B, M, N], in [0, 1]
+    ciou = iou - _center_distance_ratio(boxes1, boxes2) - alpha * v  # [B, M, N]
+    return _finish(ciou, invalid, dtype)
+
+
 def _intersection_and_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
     """Areas of the intersection and of the union of every pair of `"xyxy"` boxes.
 
@@ -236,11 +335,46 @@ def _intersection_and_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Ten
     return intersection, union
 
 
+def _center_distance_ratio(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """`d^2 / c^2` of every pair: squared distance of the centers over squared diagonal.
+
+    Preconditions: `boxes1` and `boxes2` `[B, M, N, 4]` in `"xyxy"`. The enclosing box
+    spans all eight corner coordinates, so it holds both centers and the ratio is in
+    `[0, 1]`; it is 0, with gradient 0, where `c^2 <= epsilon`.
+    """
+    centers1 = (boxes1[..., :2] + boxes1[..., 2:]) / 2.0  # [B, M, N, 2]
+    centers2 = (boxes2[..., :2] + boxes2[..., 2:]) / 2.0  # [B, M, N, 2]
+    lowest = ops.minimum(
+        ops.minimum(boxes1[..., :2], boxes1[..., 2:]), ops.minimum(boxes2[..., :2], boxes2[..., 2:])
+    )  # [B, M, N, 2]
+    highest = ops.maximum(
+        ops.maximum(boxes1[..., :2], boxes1[..., 2:]), ops.maximum(boxes2[..., :2], boxes2[..., 2:])
+    )  # [B, M, N, 2]
+    distance = ops.sum(ops.square(centers1 - centers2), axis=-1)  # [B, M, N]
+    diagonal = ops.sum(ops.square(highest - lowest), axis=-1)  # [B, M, N]
+    return _safe_divide(distance, diagonal)
+
+
+def _aspect_angle(boxes: Tensor) -> Tensor:
+    """`atan(width / height)` of boxes `[..., 4]` in `"xyxy"`: `[...]`, in `[0, pi / 2]`.
+
+    Sides are clamped to `>= 0`; `atan2` makes `height = 0` safe (`pi / 2`). A box whose
+    sides are both at most `epsilon` has the angle 0 with gradient 0 (the gradient of
+    `atan2` divides by `width^2 + height^2`).
+    """
+    sides = ops.maximum(boxes[..., 2:] - boxes[..., :2], 0.0)  # [..., 2]: width, height
+    defined = ops.maximum(sides[..., 0], sides[..., 1]) > keras.config.epsilon()  # [...]
+    width = ops.where(defined, sides[..., 0], 0.0)  # [...]
+    height = ops.where(defined, sides[..., 1], 1.0)  # [...]
+    return ops.where(defined, ops.arctan2(width, height), 0.0)
+
+
 def _safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     """`numerator / denominator` where `denominator > epsilon`, else 0 with gradient 0.
 
-    Preconditions: `0 <= numerator <= denominator` (an area and a larger area), so the
-    quotient is in `[0, 1]`; both tensors of one shape and dtype.
+    Preconditions: `0 <= numerator <= denominator` (an area and a larger area, or a
+    squared distance and a larger one), so the quotient is in `[0, 1]` and its
+    gradients are bounded by `1 / epsilon`; both tensors of one shape and dtype.
     """
     defined = denominator > keras.config.epsilon()  # [B, M, N]
     quotient = numerator / ops.where(defined, denominator, 1.0)  # [B, M, N]
@@ -301,7 +435,7 @@ def _prepare_pair(
 def _box_scale(boxes: Tensor) -> Tensor:
     """A divisor `[B, K]` of the coordinates of each box that keeps areas from overflowing.
 
-    IoU and GIoU do not change when both boxes of a pair are scaled alike. Coordinates
+    IoU, GIoU, DIoU and CIoU do not change when both boxes of a pair are scaled alike. Coordinates
     up to `2**60` in absolute value give areas up to `2**124`, finite in float32; a box
     with larger coordinates is divided by `max|coordinate| / 2**60`, every other box by
     1 (exactly unchanged, so ordinary boxes give the same values as without scaling).

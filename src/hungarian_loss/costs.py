@@ -10,6 +10,8 @@ with `t = y_true[b, i]` and `p = y_pred[b, j]`:
 "squared_l2"         sum_d (t_d - p_d)^2
 "iou"                1 - IoU(t[0:4], p[0:4])               (boxes in `box_format`)
 "giou"               1 - GIoU(t[0:4], p[0:4])
+"diou"               1 - DIoU(t[0:4], p[0:4])
+"ciou"               1 - CIoU(t[0:4], p[0:4])              (D-FINE)
 "class_probability"  -softmax(p[4:])[t[4]]                 (DETR)
 "focal_class"        focal cost of sigmoid(p[4:]) at t[4]  (Deformable DETR)
 ```
@@ -59,7 +61,9 @@ from keras import ops
 from hungarian_loss import boxes as box_lib
 
 __all__ = [
+    "CIoUCost",
     "ClassProbabilityCost",
+    "DIoUCost",
     "FocalClassCost",
     "GIoUCost",
     "IoUCost",
@@ -383,6 +387,82 @@ class GIoUCost(_BoxCost):
         return 1.0 - box_lib.pairwise_giou(true_boxes, pred_boxes, self.box_format)  # [B, M, N]
 
 
+@keras.saving.register_keras_serializable(package="hungarian_loss")
+class DIoUCost(_BoxCost):
+    """One minus the distance IoU of boxes, the cost `"diou"` (Zheng et al., 2020).
+
+    ```
+    cost[b, i, j] = 1 - diou(t, p),   t = y_true[b, i, 0:4], p = y_pred[b, j, 0:4]
+    diou(t, p)    = iou(t, p) - d^2 / c^2    (iou(t, p) where c^2 <= epsilon)
+    d, c          = the distance of the centers, the diagonal of the box enclosing t and p
+    ```
+
+    Values are in `[0, 2]`: 0 for identical boxes; unlike GIoU, a box inside another
+    costs more the farther its center is from the other's. See
+    `hungarian_loss.boxes.pairwise_diou`.
+
+    Args:
+        box_format: The format of the boxes in both tensors, one of
+            `hungarian_loss.boxes.BOX_FORMATS`.
+        channels: The four channels holding the box, `[start, stop]`; by default the
+            first four.
+
+    Raises:
+        ValueError: if `box_format` is unknown.
+
+    Examples:
+        >>> import numpy as np
+        >>> from hungarian_loss.costs import DIoUCost
+        >>> y_true = np.array([[[0.0, 0.0, 1.0, 1.0]]], dtype="float32")
+        >>> y_pred = np.array([[[0.0, 0.0, 1.0, 1.0], [2.0, 0.0, 3.0, 1.0]]], dtype="float32")
+        >>> print(np.round(np.asarray(DIoUCost()(y_true, y_pred)), 4))
+        [[[0.  1.4]]]
+    """
+
+    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """One minus the DIoU of every pair, `[B, M, N]`."""
+        true_boxes, pred_boxes = self._boxes(y_true, y_pred)  # [B, M, 4], [B, N, 4]
+        return 1.0 - box_lib.pairwise_diou(true_boxes, pred_boxes, self.box_format)  # [B, M, N]
+
+
+@keras.saving.register_keras_serializable(package="hungarian_loss")
+class CIoUCost(_BoxCost):
+    """One minus the complete IoU of boxes, the cost `"ciou"` (D-FINE's box cost).
+
+    ```
+    cost[b, i, j] = 1 - ciou(t, p),   t = y_true[b, i, 0:4], p = y_pred[b, j, 0:4]
+    ciou(t, p)    = diou(t, p) - alpha * v
+    v             = (4 / pi^2) * (atan(w_t / h_t) - atan(w_p / h_p))^2
+    alpha         = v / (1 - iou(t, p) + v)    (a constant for the gradient)
+    ```
+
+    Values are in `[0, 2.5]`, those of one minus
+    `keras.utils.bounding_boxes.compute_ciou`. See `hungarian_loss.boxes.pairwise_ciou`.
+
+    Args:
+        box_format: The format of the boxes in both tensors, one of
+            `hungarian_loss.boxes.BOX_FORMATS`.
+        channels: The four channels holding the box, `[start, stop]`; by default the
+            first four.
+
+    Raises:
+        ValueError: if `box_format` is unknown.
+
+    Examples:
+        >>> import numpy as np
+        >>> from hungarian_loss.costs import CIoUCost
+        >>> y_true = np.array([[[0.0, 0.0, 2.0, 2.0]]], dtype="float32")
+        >>> y_pred = np.array([[[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 1.0]]], dtype="float32")
+        >>> print(np.round(np.asarray(CIoUCost()(y_true, y_pred)), 4))
+        [[[0.     0.5345]]]
+    """
+
+    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """One minus the CIoU of every pair, `[B, M, N]`."""
+        true_boxes, pred_boxes = self._boxes(y_true, y_pred)  # [B, M, 4], [B, N, 4]
+        return 1.0 - box_lib.pairwise_ciou(true_boxes, pred_boxes, self.box_format)  # [B, M, N]
+
+
 class _ClassCost(PairwiseCost):
     """A cost read from per-class scores of `y_pred` at the true class id of `y_true`."""
 
@@ -615,7 +695,7 @@ def get_cost(identifier: Any, box_format: str = "xyxy") -> CostFn:
     Args:
         identifier: One of:
             - a registered name (`"l1"`, `"l2"`, `"squared_l2"`, `"iou"`, `"giou"`,
-              `"class_probability"`, `"focal_class"`, or one added with
+              `"diou"`, `"ciou"`, `"class_probability"`, `"focal_class"`, or one added with
               `register_cost`);
             - a dict `{name: weight}`, giving a `WeightedCost`;
             - a config from `serialize_cost` or `keras.saving.serialize_keras_object`;
@@ -919,6 +999,8 @@ _BUILTIN_COSTS: dict[str, type[PairwiseCost]] = {
     "squared_l2": SquaredL2Cost,
     "iou": IoUCost,
     "giou": GIoUCost,
+    "diou": DIoUCost,
+    "ciou": CIoUCost,
     "class_probability": ClassProbabilityCost,
     "focal_class": FocalClassCost,
 }
