@@ -25,7 +25,7 @@ from typing import Any
 import keras
 from keras import ops
 
-__all__ = ["compiled", "outside_torch_compile", "while_loop"]
+__all__ = ["compiled", "outside_torch_compile", "replica_mean", "while_loop"]
 
 Tensor = Any
 
@@ -192,3 +192,26 @@ def _torch_while_loop(
 
     _, *final = torch_while_loop(flat_cond, flat_body, (step, *flat))
     return keras.tree.pack_sequence_as(state, final)
+
+
+def replica_mean(total: Tensor) -> Tensor:
+    """A count summed over this replica's batch, made the mean over replicas.
+
+    Under a `tf.distribute` strategy with several replicas in sync: the all-reduced sum
+    divided by the number of replicas (DETR's `num_boxes`). Elsewhere (one replica, JAX,
+    whose batch is global under data parallelism, PyTorch) the count itself.
+
+    Args:
+        total: Scalar tensor.
+
+    Returns:
+        Scalar tensor.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return total
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return total
+    return context.all_reduce("sum", total) / context.num_replicas_in_sync
