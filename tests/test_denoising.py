@@ -372,3 +372,45 @@ def test_bad_arguments_raise(kwargs: dict, message: str) -> None:
 def test_bad_target_shapes_raise(shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match=r"Expected `y_true` of shape \[B, M, 5\]"):
         contrastive_denoising(np.zeros(shape, "float32"), NUM_CLASSES, 1, QUERIES)
+
+
+# ----------------------------------------------------------------------------- with DETRLoss
+
+
+def test_detr_loss_reads_the_same_layout() -> None:
+    # Predictions that do what the layout asks (positives find their target, negatives
+    # and the queries of padding targets say "no object", matched queries find the
+    # targets) cost almost nothing under DETRLoss(denoising_groups=G); a negative or a
+    # padding target's query that claims an object costs its varifocal negative term,
+    # alpha * sigmoid(x)^2 * softplus(x) = 0.75 * 20, over the boxes times G (Contract 5).
+    from hungarian_loss import DETRLoss
+
+    groups, num_queries, sure = 2, 5, 20.0
+    y_true = targets(3)
+    dn = contrastive_denoising(y_true, NUM_CLASSES, groups, num_queries, seed=0)
+    valid = to_numpy(dn.valid)
+    target, negative = layout(groups, 4)
+    classes = y_true[..., 4].astype("int32")  # [B, M]; -1 for padding
+    boxes = np.concatenate([to_numpy(dn.boxes), np.full((3, num_queries, 4), 0.5)], axis=1)
+    logits = np.full((3, dn.num_queries, NUM_CLASSES), -sure)
+    for b, q in zip(*np.nonzero(valid & ~negative), strict=True):  # positives
+        boxes[b, q] = y_true[b, target[q], :4]
+        logits[b, q, classes[b, target[q]]] = sure
+    for b in range(3):  # matched queries: the first ones find the targets
+        for i in np.flatnonzero(classes[b] >= 0):
+            boxes[b, dn.num_denoising + i] = y_true[b, i, :4]
+            logits[b, dn.num_denoising + i, classes[b, i]] = sure
+    y_pred = np.concatenate([boxes, logits], axis=-1).astype("float32")
+    loss = DETRLoss.rt_detr(denoising_groups=groups)
+    compute = jit(lambda yt, yp: loss(yt, yp))
+
+    assert float(to_numpy(compute(y_true, y_pred))) < 1e-3
+    one_false_object = 0.75 * sure / (int(valid[:, :4].sum()) * groups)  # 9 boxes in the batch
+    claiming_negative = y_pred.copy()
+    b, q = next(zip(*np.nonzero(valid & negative), strict=True))
+    claiming_negative[b, q, 4 + classes[b, target[q]]] = sure
+    np.testing.assert_allclose(to_numpy(compute(y_true, claiming_negative)), one_false_object, 1e-3)
+    claiming_padding = y_pred.copy()
+    b, q = next(zip(*np.nonzero(~valid), strict=True))
+    claiming_padding[b, q, 4] = sure
+    np.testing.assert_allclose(to_numpy(compute(y_true, claiming_padding)), one_false_object, 1e-3)
