@@ -4,10 +4,13 @@ recipes; padding, several sets, an image without targets; config and `.keras`.""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -16,6 +19,10 @@ import pytest
 import scipy.optimize
 import scipy.special
 from helpers import compiled, to_numpy, value_and_grads
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from test_failure_policy import compile_for, with_grads
 
 from hungarian_loss import DETRLoss
 
@@ -368,3 +375,174 @@ def test_keras_file_round_trip_in_a_fresh_process(tmp_path: Path) -> None:
     ).stdout.split("\n")
     assert out[0] == "DETRLoss 2 0.3"
     assert float(out[1]) == pytest.approx(expected, rel=1e-5)
+
+
+# ----- several replicas ------------------------------------------------------------------------
+
+DISTRIBUTED = """
+import json, os, sys
+import keras
+import numpy as np
+BACKEND = keras.backend.backend()
+if BACKEND == "tensorflow":
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from hungarian_loss import DETRLoss
+
+class LocalTotals(DETRLoss):
+    def batch_total(self, total):  # each replica by its own half of the batch
+        return total
+
+rng = np.random.default_rng(0)
+B, M, Q, K = 16, 4, 2 * 2 * 4 + 6, 3
+y = np.full((B, M, 5), -1.0, "float32")
+for b in range(B):  # the first half crowded, the second sparse
+    count = M if b < B // 2 else b % 2
+    y[b, :count, :2] = rng.uniform(0.3, 0.7, (count, 2))
+    y[b, :count, 2:4] = rng.uniform(0.1, 0.3, (count, 2))
+    y[b, :count, 4] = rng.integers(0, K, count)
+x = rng.normal(size=(B, 8)).astype("float32")
+
+def make_model():
+    inputs = keras.Input((8,))
+    boxes = keras.layers.Dense(Q * 4, activation="sigmoid")(inputs)
+    logits = keras.layers.Dense(Q * K)(inputs)
+    out = keras.layers.Concatenate()([keras.layers.Reshape((Q, 4))(boxes),
+                                      keras.layers.Reshape((Q, K))(logits)])
+    return keras.Model(inputs, out)
+
+keras.utils.set_random_seed(0)
+initial = make_model().get_weights()
+
+def train(loss):
+    model = make_model()
+    model.set_weights(initial)
+    model.compile(keras.optimizers.SGD(0.1), loss)
+    model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+    return model.get_weights()
+
+def run(strategy, loss):
+    if strategy is None:
+        return train(loss)
+    with strategy.scope():
+        return train(loss)
+
+if BACKEND == "tensorflow":
+    one = run(tf.distribute.OneDeviceStrategy("/cpu:0"), DETRLoss.rt_detr(denoising_groups=2))
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    several = run(mirrored, DETRLoss.rt_detr(denoising_groups=2))
+    local = run(mirrored, LocalTotals.rt_detr(denoising_groups=2))
+    replicas = mirrored.num_replicas_in_sync
+else:
+    import jax
+    one = train(DETRLoss.rt_detr(denoising_groups=2))
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+    several = train(DETRLoss.rt_detr(denoising_groups=2))
+    local = train(LocalTotals.rt_detr(denoising_groups=2))
+    replicas = len(jax.devices())
+
+def gap(a, b):
+    return max(float(np.max(np.abs(u - v))) for u, v in zip(a, b))
+
+print("RESULT " + json.dumps({"replicas": replicas, "several": gap(one, several),
+                              "local": gap(one, local), "change": gap(one, initial)}))
+"""
+
+
+def test_batch_normalization_on_two_replicas_trains_like_one_device() -> None:
+    backend = keras.backend.backend()
+    if backend == "torch":  # Keras has no multi-device training on torch: nothing to combine
+        loss = DETRLoss.rt_detr()
+        assert float(to_numpy(loss.batch_total(keras.ops.convert_to_tensor(7.0)))) == 7.0
+        return
+    env = {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # fmt: skip
+    process = subprocess.run(
+        [sys.executable, "-c", DISTRIBUTED], env={**os.environ, **env},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
+    assert process.returncode == 0 and lines, process.stderr[-4000:]
+    result = json.loads(lines[-1][len("RESULT ") :])
+    assert result["replicas"] == 2
+    assert result["change"] > 1e-3  # it trained
+    assert result["several"] < 1e-5, result  # the replicas train as one device
+    if backend == "tensorflow":  # each replica by its own totals would not
+        assert result["local"] > 1e-3, result
+
+
+# ----- the failure policy, every new mode ------------------------------------------------------
+
+SPECIAL = [0.0, 1e-30, -1e-30, 1e20, -1e20, 3e38, -3e38, np.inf, -np.inf, np.nan]
+P_B, P_M, P_N, P_S, P_G = 4, 2, 3, 2, 1  # property batches: samples, targets, queries, sets, groups
+P_Q = P_G * 2 * P_M + P_N
+PROPERTY_LOSSES = {
+    "rt_detr": lambda: DETRLoss.rt_detr(denoising_groups=P_G, reduction="none"),
+    "deim": lambda: DETRLoss.deim(denoising_groups=P_G, reduction="none", mal_alpha=0.5),
+}
+
+
+@functools.cache
+def property_step(name: str) -> Callable[..., tuple[np.ndarray, ...]]:
+    """Loss, gradients and matching of one batch, compiled once per loss."""
+    return compile_for(with_grads(PROPERTY_LOSSES[name]()), "compiled")  # type: ignore[no-any-return]
+
+
+@st.composite
+def extreme_batches(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    """Ordinary boxes and logits with extreme values mixed in (about one in six), class ids
+    in and out of range, and a random number of padding rows per sample."""
+
+    def values(shape: tuple[int, ...], ordinary: st.SearchStrategy[float]) -> np.ndarray:
+        base = draw(hnp.arrays("float32", shape, elements=ordinary))
+        extreme = draw(hnp.arrays("float32", shape, elements=st.sampled_from(SPECIAL)))
+        which = draw(hnp.arrays("int8", shape, elements=st.integers(0, 5)))
+        return np.where(which == 0, extreme, base).astype("float32")
+
+    y_true = values((P_B, P_M, 5), st.floats(0.0625, 0.9375, width=32))
+    y_true[..., 4] = draw(
+        hnp.arrays("float32", (P_B, P_M), elements=st.sampled_from([0, 1, 2, 2, 1, 3, -1, 1.5]))
+    )
+    y_pred = values((P_B, P_S, P_Q, 4 + K), st.floats(-3.0, 3.0, width=32))
+    y_pred[..., :4] = np.where(np.isfinite(y_pred[..., :4]), np.abs(y_pred[..., :4]) / 3,
+                               y_pred[..., :4])  # fmt: skip
+    counts = draw(hnp.arrays("int8", (P_B,), elements=st.integers(0, P_M)))
+    y_true[np.arange(P_M)[None, :] >= counts[:, None]] = -1.0
+    return y_true, y_pred
+
+
+@pytest.mark.parametrize("name", list(PROPERTY_LOSSES))
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+@given(batch=extreme_batches())
+def test_failure_policy_holds_for_every_new_mode(
+    name: str, batch: tuple[np.ndarray, np.ndarray]
+) -> None:
+    y_true, y_pred = batch
+    value, grad_true, grad_pred, _ = property_step(name)(y_true, y_pred)
+    real = ~np.all(y_true == -1.0, axis=-1)  # [B, M]
+    for b in range(P_B):
+        where = f"{name}, sample {b}: loss {value[b]}"
+        targets = y_true[b][real[b]]
+        ids = targets[:, 4]
+        bad_id = np.any((ids != np.round(ids)) | (ids < 0) | (ids > K - 1))
+        if np.isnan(targets).any() or np.isnan(y_pred[b]).any() or bad_id:
+            assert np.isnan(value[b]), where
+        broken = not np.all(np.isfinite(y_pred[b])) or not np.all(np.isfinite(targets)) or bad_id
+        if broken:  # a non-finite loss, and the sample adds no gradient
+            assert not np.isfinite(value[b]), where
+            assert not np.any(grad_pred[b]) and not np.any(grad_true[b]), where
+        if np.isfinite(value[b]):  # a finite loss has finite gradients
+            assert np.all(np.isfinite(grad_pred[b])) and np.all(np.isfinite(grad_true[b])), where
+        # (Finite inputs can still sum past float32's range, 3e38 logits: an `inf` loss.)
+    # The denoising queries of padding targets only say "no object": their boxes are not read.
+    moved = y_pred.copy()
+    for b in range(P_B):
+        for g in range(P_G):
+            for i in np.flatnonzero(~real[b]):
+                for q in (g * 2 * P_M + i, g * 2 * P_M + P_M + i):
+                    finite = np.all(np.isfinite(y_pred[b, :, q]), axis=-1)  # [S]
+                    moved[b, finite, q, :4] = 0.5  # (a non-finite row is read by the policy)
+    np.testing.assert_allclose(property_step(name)(y_true, moved)[0], value, rtol=1e-6,
+                               equal_nan=True)  # fmt: skip

@@ -398,10 +398,16 @@ class HungarianLoss(keras.losses.Loss):
         )
 
     def _reduce_sets(self, loss: Tensor, num_sets: int | None) -> Tensor:
-        """Per-problem loss `[B * S]` -> per-sample `[B]`, the (weighted) mean over sets."""
+        """Per-problem loss `[B * S]` -> per-sample `[B]`, the (weighted) mean over sets.
+
+        A sample whose loss is not finite in one set adds no gradient through any set.
+        """
         if num_sets is None:
             return loss
         per_set = ops.reshape(loss, (-1, num_sets))  # [B, S]
+        # A sample with a broken set is broken: its other sets add no gradient either.
+        broken = ops.logical_not(ops.all(ops.isfinite(per_set), axis=1, keepdims=True))  # [B, 1]
+        per_set = ops.where(broken, ops.stop_gradient(per_set), per_set)
         if self.set_weights is None:
             return ops.mean(per_set, axis=1)
         total = sum(self.set_weights)

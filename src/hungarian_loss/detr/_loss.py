@@ -122,8 +122,8 @@ class DETRLoss(HungarianLoss):
     `normalization="batch"` divides each sample's sums by the batch's totals instead,
     so that with `reduction="sum"` the loss is exactly the source criterion's per-set
     loss (averaged over the sets rather than summed: scale by S for their sum). Under
-    `tf.distribute` the totals are combined across replicas (their sum over replicas
-    divided by their number, as DETR does) by `batch_total`; under JAX data
+    `tf.distribute` the totals are combined across replicas by `batch_total`, so that
+    several replicas train as one device with the whole batch; under JAX data
     parallelism the batch is global already. The recipes (`DETRLoss.rt_detr()` and the
     others) use the batch normalization and `reduction="sum"`.
 
@@ -514,8 +514,10 @@ class DETRLoss(HungarianLoss):
     def batch_total(self, total: Tensor) -> Tensor:
         """A count summed over the batch, for `normalization="batch"`.
 
-        Under `tf.distribute`, the sum over the replicas divided by their number (DETR's
-        `num_boxes`); the count itself elsewhere. Override it for another scheme.
+        Under `tf.distribute`, the sum over the replicas: Keras adds the replicas'
+        gradients, so each replica divides by the global count (DETR's `num_boxes`, which
+        is the mean over replicas because PyTorch's DDP averages gradients instead). The
+        count itself elsewhere. Override it for another scheme.
 
         Args:
             total: Scalar, a count summed over this replica's batch.
@@ -523,7 +525,7 @@ class DETRLoss(HungarianLoss):
         Returns:
             Scalar.
         """
-        return _backend.replica_mean(total)
+        return _backend.replica_sum(total)
 
     def invalid_targets(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         """Where a target's class id is not an integer in `[0, K)`.
@@ -574,7 +576,9 @@ class DETRLoss(HungarianLoss):
         if self.denoising_groups:
             # The first copy of each target (rows i * k with `matches_per_target=k`).
             real = problems.target_mask[:, :: self.matches_per_target]  # [P, M]
-            y_true = problems.y_true[:, :: self.matches_per_target]  # [P, M, 5]
+            # A non-finite target is never matched, but its positives are assigned: zeroed
+            # here (the policy makes the loss non-finite), no NaN reaches the gradients.
+            y_true = _finite_or_zero(problems.y_true[:, :: self.matches_per_target])
             dn_true, dn_indices = _layout.denoising_targets(y_true, real, self.denoising_groups)
             dn_sums = self._sums(dn_true, _finite_or_zero(problems.denoising), dn_indices)
         else:
