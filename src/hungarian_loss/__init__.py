@@ -1,10 +1,11 @@
 """Exact, batched Hungarian matching and set-prediction losses for Keras 3.
 
 The public face: the solver, the loss (class and function), the DETR criterion, and the
-costs and box utilities as submodules (`hungarian_loss.costs`, `hungarian_loss.boxes`).
+costs, box utilities and denoising queries as submodules (`hungarian_loss.costs`,
+`hungarian_loss.boxes`, `hungarian_loss.denoising`).
 """
 
-from hungarian_loss import boxes, costs
+from hungarian_loss import boxes, costs, denoising
 from hungarian_loss.assignment import linear_sum_assignment
 from hungarian_loss.costs import PairwiseCost, WeightedCost, get_cost, register_cost
 from hungarian_loss.detr import DETRLoss, DETRLossTerm
@@ -18,6 +19,7 @@ __all__ = [
     "WeightedCost",
     "boxes",
     "costs",
+    "denoising",
     "get_cost",
     "hungarian_loss",
     "linear_sum_assignment",
