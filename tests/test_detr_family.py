@@ -50,6 +50,24 @@ def iou_giou(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return iou, iou - (hull - union) / hull
 
 
+def iou_family(a: np.ndarray, b: np.ndarray, kind: str) -> np.ndarray:
+    """GIoU, DIoU or CIoU of every pair of `center_xywh` boxes, `[M, 4] x [N, 4] -> [M, N]`."""
+    iou, giou = iou_giou(a, b)
+    if kind == "giou":
+        return giou
+    lo1, hi1 = corners(a)
+    lo2, hi2 = corners(b)
+    hull = np.maximum(hi1[:, None], hi2) - np.minimum(lo1[:, None], lo2)  # [M, N, 2]
+    diagonal = np.sum(hull**2, -1)
+    distance = np.sum((a[:, None, :2] - b[None, :, :2]) ** 2, -1)
+    diou = iou - distance / diagonal
+    if kind == "diou":
+        return diou
+    angle = np.arctan(a[:, None, 2] / a[:, None, 3]) - np.arctan(b[None, :, 2] / b[None, :, 3])
+    v = 4 / np.pi**2 * angle**2
+    return diou - v / (1 - iou + v) * v
+
+
 def focal_cost(logits: np.ndarray, classes: np.ndarray, alpha: float, gamma: float) -> np.ndarray:
     p = scipy.special.expit(logits)  # [N, K]
     positive = alpha * (1 - p) ** gamma * -np.log(p + 1e-8)
@@ -84,7 +102,8 @@ def image_sums(
     ious = [iou_giou(targets[i : i + 1, :4], queries[j : j + 1, :4])[0][0, 0] for i, j in pairs]
     cls = class_sum(cfg["kind"], queries[:, 4:], pairs, classes, ious, cfg)
     l1 = sum(np.abs(targets[i, :4] - queries[j, :4]).sum() for i, j in box_pairs)
-    giou = sum(1 - iou_giou(targets[i : i + 1, :4], queries[j : j + 1, :4])[1][0, 0]
+    kind = cfg.get("box", "giou")
+    giou = sum(1 - iou_family(targets[i : i + 1, :4], queries[j : j + 1, :4], kind)[0, 0]
                for i, j in box_pairs)  # fmt: skip
     return np.array([cls, len(pairs), l1, giou, len(box_pairs)])
 
@@ -97,7 +116,7 @@ def match(targets: np.ndarray, queries: np.ndarray, cfg: dict) -> list:
     cost = (
         w_class * focal_cost(queries[:, 4:], targets[:, 4].astype(int), 0.25, 2.0)
         + w_l1 * np.abs(targets[:, None, :4] - queries[None, :, :4]).sum(-1)
-        + w_box * (1 - iou_giou(targets[:, :4], queries[:, :4])[1])
+        + w_box * (1 - iou_family(targets[:, :4], queries[:, :4], cfg.get("box", "giou")))
     )
     rows, cols = scipy.optimize.linear_sum_assignment(cost)
     return list(zip(rows.tolist(), cols.tolist(), strict=True))
@@ -200,6 +219,20 @@ def test_varifocal_with_matching_weights_of_its_own(groups: int) -> None:
             expected = [j + groups * 2 * M for _, j in sorted(pairs)]
             assert indices[b, s, :count].tolist() == expected
             assert np.all(indices[b, s, count:] == -1)
+
+
+@pytest.mark.parametrize("box", ["diou", "ciou"])
+def test_diou_and_ciou_box_terms(box: str) -> None:
+    y_true, y_pred = make_data(8, sets=2, groups=1)
+    loss = DETRLoss.d_fine(denoising_groups=1, box_loss=box, reduction="none",
+                           normalization="sample")  # fmt: skip
+    cfg = {**VARIFOCAL, "matching": (2, 5, 2), "weights": (1, 5, 2), "groups": 1,
+           "normalization": "sample", "box": box}  # fmt: skip
+    np.testing.assert_allclose(
+        per_sample(loss, y_true, y_pred), reference(y_true, y_pred, cfg), rtol=2e-5, atol=2e-6
+    )
+    terms = loss.terms(y_true, y_pred)
+    assert set(terms) == {"class", "l1", box}
 
 
 @pytest.mark.parametrize(("mal_alpha", "normalization"), [(None, "batch"), (0.5, "sample")])
@@ -480,6 +513,7 @@ P_Q = P_G * 2 * P_M + P_N
 PROPERTY_LOSSES = {
     "rt_detr": lambda: DETRLoss.rt_detr(denoising_groups=P_G, reduction="none"),
     "deim": lambda: DETRLoss.deim(denoising_groups=P_G, reduction="none", mal_alpha=0.5),
+    "d_fine_ciou": lambda: DETRLoss.d_fine(denoising_groups=P_G, box_loss="ciou", reduction="none"),
 }
 
 
