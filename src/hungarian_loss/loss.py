@@ -390,11 +390,11 @@ class HungarianLoss(keras.losses.Loss):
         y_true, y_pred = self._prepare(y_true, y_pred)
         # S sets of predictions: B * S problems, one solver call; rows below are problems.
         y_true, y_pred, num_sets = self._flatten_sets(y_true, y_pred)
-        target_mask = self.target_mask(y_true)  # [B, M]
+        real = self.target_mask(y_true)  # [B, M]
         cost, invalid = self._matching_cost(y_true, y_pred)  # [B, M, N] without gradient, [B, M]
-        broken = ops.any(ops.logical_and(invalid, target_mask), axis=1)  # [B]
-        y_true, target_mask, cost = self._repeat_targets(y_true, target_mask, cost)
-        indices = self._solve(cost, target_mask)  # [B, M]
+        y_true, target_mask, cost = self._repeat_targets(y_true, real, cost)
+        indices = self._solve(cost, target_mask)  # [B, M]; checks the mask's shape
+        broken = ops.any(ops.logical_and(invalid, real), axis=1)  # [B]: a real target is invalid
         loss = self.matched_loss(y_true, y_pred, indices, target_mask)  # [B]
         loss = _failure_policy(loss, y_pred, cost, indices, target_mask, broken)
         return self._reduce_sets(loss, num_sets)
