@@ -217,7 +217,9 @@ def test_config_round_trip() -> None:
         "padding_value": None, "matches_per_target": 2, "set_weights": [1.0, 2.0],
         "class_weight": 2.0, "l1_weight": 4.0, "giou_weight": 1.0, "eos_coef": 0.2,
         "classification": "focal", "focal_alpha": 0.5, "focal_gamma": 1.0,
-        "normalization": "batch",
+        "normalization": "batch", "box_loss": "giou", "matching_weights": [2.0, 4.0, 1.0],
+        "matching_alpha": 0.5, "matching_gamma": 1.0, "mal_alpha": None,
+        "denoising_groups": 0, "dense_one_to_one": False,
     }  # fmt: skip
     assert DETRLoss.from_config(config).get_config() == config
     serialized = json.loads(json.dumps(keras.saving.serialize_keras_object(loss)))

@@ -25,7 +25,7 @@ from typing import Any
 import keras
 from keras import ops
 
-__all__ = ["compiled", "outside_torch_compile", "while_loop"]
+__all__ = ["compiled", "outside_torch_compile", "replica_sum", "while_loop"]
 
 Tensor = Any
 
@@ -192,3 +192,30 @@ def _torch_while_loop(
 
     _, *final = torch_while_loop(flat_cond, flat_body, (step, *flat))
     return keras.tree.pack_sequence_as(state, final)
+
+
+def replica_sum(total: Tensor) -> Tensor:
+    """A count summed over this replica's batch, made the sum over all replicas.
+
+    Under a `tf.distribute` strategy with several replicas in sync: the all-reduced sum.
+    Keras adds the replicas' gradients (and scales a mean-reduced loss by one over the
+    number of replicas), so dividing each replica's sum by the global total gives the
+    gradients of one device with the whole batch. (DETR divides by the mean over
+    replicas instead, because PyTorch's DDP averages the gradients: the same result.)
+    Elsewhere (one replica; JAX, whose batch is global under data parallelism; PyTorch)
+    the count itself.
+
+    Args:
+        total: Scalar tensor.
+
+    Returns:
+        Scalar tensor.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return total
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return total
+    return context.all_reduce("sum", total)

@@ -1,0 +1,834 @@
+r"""`DETRLoss`: the DETR-family set criterion as a `HungarianLoss`.
+
+The criterion of DETR (Carion et al., 2020), Deformable DETR (Zhu et al., 2021), and the
+real-time DETRs that keep their matching and change the terms around it: RT-DETR (Zhao
+et al., 2024), D-FINE (Peng et al., 2024) and DEIM (Huang et al., 2025). The terms live
+in `_classification` (one function per kind) and the query layouts in `_layout`; this
+module matches, applies the weights and normalizes, in one place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import keras
+from keras import ops
+
+from hungarian_loss import _backend, boxes, costs
+from hungarian_loss.detr import _classification as classification_terms
+from hungarian_loss.detr import _layout
+from hungarian_loss.loss import HungarianLoss, _failure_policy
+
+__all__ = ["DETRLoss", "DETRLossTerm"]
+
+Tensor = Any
+
+CLASSIFICATIONS = ("softmax", "focal", "varifocal", "mal")
+SIGMOID = ("focal", "varifocal", "mal")
+NORMALIZATIONS = ("sample", "batch")
+BOX_LOSSES = {"giou": "GIoUCost", "diou": "DIoUCost", "ciou": "CIoUCost"}
+_NAN = float("nan")
+_INF = float("inf")
+# The loss's alpha and gamma per classification kind, when not given.
+_DEFAULT_ALPHA = {"softmax": 0.25, "focal": 0.25, "varifocal": 0.75, "mal": 0.75}
+_MATCHING_ALPHA, _MATCHING_GAMMA = 0.25, 2.0  # the focal class cost of the real-time DETRs
+
+
+class _Problems(NamedTuple):
+    """One call's matching problems, rows `b * S + s` (set s of sample b)."""
+
+    y_true: Tensor  # [P, M * k, 5]: targets, each repeated k times
+    queries: Tensor  # [P, N, D]: the matched queries
+    denoising: Tensor  # [P, G * 2M, D]: the denoising queries
+    target_mask: Tensor  # [P, M * k]
+    cost: Tensor  # [P, M * k, N]: the matching cost, without gradient
+    indices: Tensor  # [P, M * k]: the matched query of each target, -1 where unmatched
+    num_sets: int | None
+
+
+@keras.saving.register_keras_serializable(package="hungarian_loss")
+class DETRLoss(HungarianLoss):
+    r"""The DETR-family loss: class and box matching, then class, L1 and IoU-family terms.
+
+    Layouts (K classes; boxes in `box_format`, DETR's are `center_xywh` in `[0, 1]`):
+
+    ```
+    y_true [B, M, 5]            [box (4), class id in 0..K-1]; padding rows all -1
+    y_pred [B, Q, 4 + K + 1]    [box (4), logit_0 ... logit_{K-1}, logit_no_object]   softmax
+    y_pred [B, Q, 4 + K]        [box (4), logit_0 ... logit_{K-1}]       focal, varifocal, mal
+    ```
+
+    `y_pred` may hold S prediction sets, `[B, S, Q, ...]` (decoder layers, the encoder's
+    proposals, query groups): every set is matched to the same targets, all in one
+    solver call, and the sample's loss is the mean over sets (see `set_weights`). K is
+    read from `y_pred`. With `denoising_groups=G`, the query axis holds `G * 2 * M`
+    denoising queries first, then the `N` matched queries (`Q = G * 2 * M + N`; see
+    "Denoising" below); otherwise `Q = N`.
+
+    Matching minimizes, over one-to-one matchings of targets i to queries j,
+
+    ```
+    C[i, j] = w_class * class_cost(j, c_i) + w_l1 * |box_i - box_j|_1
+              + w_box * (1 - IoU_family(box_i, box_j))
+    ```
+
+    with `(w_class, w_l1, w_box) = matching_weights` (the loss's weights by default),
+    `class_cost = -softmax(logits_j)[c_i]` (softmax) or the focal class cost of Deformable
+    DETR with `matching_alpha` and `matching_gamma` (the sigmoid kinds), and the IoU
+    family of `box_loss` (GIoU, DIoU or CIoU). With P the matched pairs of a problem, U
+    its other queries, `CE(j, c) = -log softmax(logits_j)[c]`, `x` the logits,
+    `p = sigmoid(x)`, `onehot[j, c] = [j is matched to a target of class c]` and
+    `IoU_j` the IoU of a matched query's box with its target's (no gradient):
+
+    ```
+    l1    = sum_{(i, j) in P} |box_i - box_j|_1 / |P|
+    box   = sum_{(i, j) in P} (1 - IoU_family(box_i, box_j)) / |P|
+    class = (sum_P CE(j, c_i) + eos_coef * sum_U CE(j, K)) / (|P| + eos_coef * |U|)  softmax
+    class = sum_{j, c} alpha_t (1 - p_t)^gamma BCE(x, onehot) / |P|                  focal
+    class = sum_{j, c} BCE(x, t) (alpha p^gamma (1 - onehot) + t) / |P|,
+            t = IoU_j * onehot                                                      varifocal
+    class = sum_{j, c} BCE(x, t) (mal_alpha p^gamma (1 - onehot) + onehot) / |P|,
+            t = IoU_j^gamma * onehot                                                mal
+    loss  = class_weight * class + l1_weight * l1 + giou_weight * box
+    ```
+
+    (`|P|` is taken as 1 when a problem has no target; `p^gamma` in the varifocal and
+    matchability-aware weights carries no gradient; `alpha` is `focal_alpha`, `gamma`
+    `focal_gamma`, and mal's `mal_alpha` may be `None`, no factor.) `terms` gives the
+    three terms (`"class"`, `"l1"` and the `box_loss` name) separately, and
+    `term_metrics` makes Keras metrics of them.
+
+    Denoising (RT-DETR, D-FINE, DEIM): with `denoising_groups=G`, query `g * 2M + i` of
+    group g is the positive of target i and reconstructs it (a fixed assignment, no
+    matching); query `g * 2M + M + i`, and every denoising query of a padding target,
+    says "no object". The same three terms are computed on the denoising queries with
+    that assignment, normalized by the number of boxes times G, and added to the matched
+    queries' terms; the matching and the matched queries' terms never see a denoising
+    query. `hungarian_loss.denoising` builds such queries from `y_true`.
+
+    Dense one-to-one (DEIM, `dense_one_to_one=True`): the L1 and box terms of every set
+    use, for each matched query, the target it is matched to in the most sets (ties:
+    the latest such set), normalized by the number of such pairs; the class term keeps
+    each set's own matching.
+
+    Normalization. DETR divides its terms by `num_boxes`, the number of objects in the
+    whole batch (averaged over replicas), and its cross-entropy by the total weight
+    over the whole batch. A Keras loss returns one value per sample, to which Keras
+    applies `sample_weight` and `reduction`, so by default (`normalization="sample"`)
+    each sample is normalized by its own counts, and the default reduction averages the
+    samples: images with few objects weigh as much as crowded ones.
+    `normalization="batch"` divides each sample's sums by the batch's totals instead,
+    so that with `reduction="sum"` the loss is exactly the source criterion's per-set
+    loss (averaged over the sets rather than summed: scale by S for their sum). Under
+    `tf.distribute` the totals are combined across replicas by `batch_total`, so that
+    several replicas train as one device with the whole batch; under JAX data
+    parallelism the batch is global already. The recipes (`DETRLoss.rt_detr()` and the
+    others) use the batch normalization and `reduction="sum"`.
+
+    Args:
+        class_weight: Weight of the class term in the loss (DETR: 1; Deformable DETR: 2).
+        l1_weight: Weight of the L1 term (DETR: 5).
+        giou_weight: Weight of the IoU-family box term, `1 - GIoU` (or DIoU, CIoU, see
+            `box_loss`) (DETR: 2).
+        eos_coef: Relative weight of the "no object" cross-entropy of unmatched queries
+            (DETR: 0.1). Softmax only.
+        classification: `"softmax"` (DETR: K + 1 logits, the last one "no object"),
+            `"focal"` (Deformable DETR), `"varifocal"` (RT-DETR, D-FINE) or `"mal"`
+            (DEIM's matchability-aware loss); the last three read K sigmoid logits.
+        focal_alpha: The class term's alpha, in `[0, 1]`: the focal loss's weight of the
+            positives, or the varifocal loss's weight of the negatives. Defaults to 0.25
+            for `"focal"` and 0.75 for `"varifocal"` (and `"mal"` when `mal_alpha` is
+            given).
+        focal_gamma: The class term's gamma, `>= 0` (the IoU's exponent too for
+            `"mal"`; DEIM uses 1.5).
+        normalization: `"sample"` (each sample by its own counts) or `"batch"` (by the
+            batch's totals, the source criteria's, to use with `reduction="sum"`).
+        box_loss: The IoU-family box term, in the matching and in the loss: `"giou"`,
+            `"diou"` or `"ciou"` (keras-hub's D-FINE uses CIoU).
+        matching_weights: `(class, l1, box)` weights of the matching cost, where they
+            differ from the loss's (RT-DETR: `(2, 5, 2)` against a loss of `(1, 5, 2)`).
+            `None` uses `(class_weight, l1_weight, giou_weight)`.
+        matching_alpha: The focal class cost's alpha (sigmoid kinds). Defaults to
+            `focal_alpha` for `"focal"` (Deformable DETR matches and trains with one
+            alpha) and to 0.25 for `"varifocal"` and `"mal"`.
+        matching_gamma: The focal class cost's gamma. Defaults to `focal_gamma` for
+            `"focal"` and to 2 for the others.
+        mal_alpha: The weight of the negatives in the matchability-aware loss; `None`
+            (DEIM's default) for no factor.
+        denoising_groups: G, the number of contrastive denoising groups at the front
+            of the query axis (0: none).
+        dense_one_to_one: Whether the box terms use DEIM's dense one-to-one pairs.
+        box_format: Format of the boxes in both tensors (Keras's names).
+        padding_value: Value that fills padding target rows, or `None` when every row
+            is a target.
+        matches_per_target: k, the queries each target is matched to (H-DETR's
+            one-to-many branch); 1 is DETR.
+        set_weights: With S prediction sets, one weight per set (see `HungarianLoss`).
+        reduction: Keras reduction of the per-sample losses.
+        name: Name of the loss.
+        dtype: Dtype of the loss's computations; defaults to `keras.backend.floatx()`.
+
+    Raises:
+        ValueError: if a weight or `eos_coef` is negative or not finite, all matching
+            weights are 0, `classification`, `normalization`, `box_loss` or `box_format`
+            is unknown, an alpha is outside `[0, 1]` or a gamma negative, or
+            `denoising_groups` is not an int >= 0; at trace time if `y_true` does not
+            have 5 channels, `y_pred` has no class logits, or its query axis is shorter
+            than the denoising queries.
+
+    Examples:
+        One object of class 1 (of K = 2) and three predictions: the second finds it,
+        the others say "no object".
+
+        >>> import numpy as np
+        >>> from hungarian_loss import DETRLoss
+        >>> y_true = np.array([[[0.5, 0.5, 0.2, 0.2, 1.0],
+        ...                     [-1.0, -1.0, -1.0, -1.0, -1.0]]], dtype="float32")
+        >>> sure, no_object = 20.0, [0.0, 0.0, 20.0]
+        >>> y_pred = np.array([[[0.1, 0.1, 0.1, 0.1, *no_object],
+        ...                     [0.5, 0.5, 0.2, 0.2, 0.0, sure, 0.0],
+        ...                     [0.9, 0.9, 0.1, 0.1, *no_object]]], dtype="float32")
+        >>> loss = DETRLoss()
+        >>> np.asarray(loss.match(y_true, y_pred)).tolist()
+        [[1, -1]]
+        >>> print(f"{float(loss(y_true, y_pred)):.4f}")
+        0.0000
+        >>> terms = loss.terms(y_true, y_pred)  # per sample, unweighted
+        >>> {name: f"{abs(float(value[0])):.4f}" for name, value in terms.items()}
+        {'class': '0.0000', 'l1': '0.0000', 'giou': '0.0000'}
+
+        RT-DETR's recipe (varifocal, matching 2/5/2, batch normalization), with one
+        denoising group in front of the queries: `Q = 1 * 2 * M + N`.
+
+        >>> rt_detr = DETRLoss.rt_detr(denoising_groups=1)
+        >>> logits = np.full((1, 2 * 2 + 3, 2), -20.0, dtype="float32")
+        >>> logits[0, [0, 5], 1] = 20.0  # the positive of target 0 and matched query 1
+        >>> boxes = np.tile(y_true[:, :1, :4], (1, 7, 1))
+        >>> y_dn = np.concatenate([boxes, logits], axis=-1)  # [1, 7, 6]
+        >>> np.asarray(rt_detr.match(y_true, y_dn)).tolist()  # indexes the query axis
+        [[5, -1]]
+        >>> print(f"{float(rt_detr(y_true, y_dn)):.4f}")
+        0.0000
+    """
+
+    def __init__(
+        self,
+        class_weight: float = 1.0,
+        l1_weight: float = 5.0,
+        giou_weight: float = 2.0,
+        eos_coef: float = 0.1,
+        classification: str = "softmax",
+        focal_alpha: float | None = None,
+        focal_gamma: float = 2.0,
+        normalization: str = "sample",
+        box_loss: str = "giou",
+        matching_weights: Sequence[float] | None = None,
+        matching_alpha: float | None = None,
+        matching_gamma: float | None = None,
+        mal_alpha: float | None = None,
+        denoising_groups: int = 0,
+        dense_one_to_one: bool = False,
+        box_format: str = "center_xywh",
+        padding_value: float | None = -1.0,
+        matches_per_target: int = 1,
+        set_weights: Sequence[float] | None = None,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "detr_loss",
+        dtype: Any = None,
+    ) -> None:
+        _check_choice("classification", classification, CLASSIFICATIONS)
+        _check_choice("normalization", normalization, NORMALIZATIONS)
+        _check_choice("box_loss", box_loss, tuple(BOX_LOSSES))
+        weights = {
+            "class_weight": class_weight,
+            "l1_weight": l1_weight,
+            "giou_weight": giou_weight,
+            "eos_coef": eos_coef,
+        }
+        for arg, value in weights.items():
+            _check_weight(arg, value)
+        if matching_weights is None:
+            matching_weights = (class_weight, l1_weight, giou_weight)
+        matching = _standardize_matching_weights(matching_weights)
+        if focal_alpha is None:
+            focal_alpha = _DEFAULT_ALPHA[classification]
+        if classification == "focal":  # Deformable DETR: one alpha and gamma for both
+            matching_alpha = focal_alpha if matching_alpha is None else matching_alpha
+            matching_gamma = focal_gamma if matching_gamma is None else matching_gamma
+        matching_alpha = _MATCHING_ALPHA if matching_alpha is None else matching_alpha
+        matching_gamma = _MATCHING_GAMMA if matching_gamma is None else matching_gamma
+        for arg, value in (("focal_alpha", focal_alpha), ("matching_alpha", matching_alpha)):
+            _check_unit(arg, value)
+        if mal_alpha is not None:
+            _check_unit("mal_alpha", mal_alpha)
+        for arg, value in (("focal_gamma", focal_gamma), ("matching_gamma", matching_gamma)):
+            _check_weight(arg, value)
+        if (
+            not isinstance(denoising_groups, int)
+            or isinstance(denoising_groups, bool)
+            or denoising_groups < 0
+        ):
+            raise ValueError(
+                "Expected `denoising_groups` to be an int >= 0. "
+                f"Received: denoising_groups={denoising_groups!r}"
+            )
+        # The box costs read channels 0:4; the class cost reads the id at channel 4 of
+        # `y_true` and the logits from channel 4 on of `y_pred`.
+        box_format = boxes.standardize_box_format(box_format)
+        l1 = costs.L1Cost(channels=[0, 4])
+        box = getattr(costs, BOX_LOSSES[box_loss])(box_format=box_format, channels=[0, 4])
+        if classification == "softmax":
+            class_cost: Any = costs.ClassProbabilityCost(class_index=4, logits_start=4)
+        else:
+            class_cost = costs.FocalClassCost(
+                alpha=matching_alpha, gamma=matching_gamma, class_index=4, logits_start=4
+            )
+        matching_cost = costs.WeightedCost(
+            [(class_cost, matching[0]), (l1, matching[1]), (box, matching[2])]
+        )  # raises if all three weights are 0
+        super().__init__(
+            cost=matching_cost,
+            box_format=box_format,
+            padding_value=padding_value,
+            matches_per_target=matches_per_target,
+            set_weights=set_weights,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+        )
+        self.class_weight = float(class_weight)
+        self.l1_weight = float(l1_weight)
+        self.giou_weight = float(giou_weight)
+        self.eos_coef = float(eos_coef)
+        self.classification = classification
+        self.focal_alpha = float(focal_alpha)
+        self.focal_gamma = float(focal_gamma)
+        self.normalization = normalization
+        self.box_loss = box_loss
+        self.matching_weights = matching
+        self.matching_alpha = float(matching_alpha)
+        self.matching_gamma = float(matching_gamma)
+        self.mal_alpha = None if mal_alpha is None else float(mal_alpha)
+        self.denoising_groups = denoising_groups
+        self.dense_one_to_one = bool(dense_one_to_one)
+        self._l1 = l1
+        self._box = box
+        self._iou = costs.IoUCost(box_format=box_format, channels=[0, 4])
+        self._num_sets = 1  # of the call being traced, for the batch normalization
+
+    # ----- recipes ---------------------------------------------------------------------------
+
+    @classmethod
+    def detr(cls, **kwargs: Any) -> DETRLoss:
+        """DETR's criterion (Carion et al., 2020): softmax, weights 1/5/2, `eos_coef` 0.1.
+
+        Args:
+            **kwargs: Any constructor argument, to override the recipe's.
+
+        Returns:
+            A `DETRLoss`.
+        """
+        recipe: dict[str, Any] = {
+            "classification": "softmax",
+            "class_weight": 1.0,
+            "l1_weight": 5.0,
+            "giou_weight": 2.0,
+            "eos_coef": 0.1,
+            "normalization": "batch",
+            "reduction": "sum",
+        }
+        return cls(**{**recipe, **kwargs})
+
+    @classmethod
+    def deformable_detr(cls, **kwargs: Any) -> DETRLoss:
+        """Deformable DETR's criterion (Zhu et al., 2021): focal, weights 2/5/2.
+
+        Sigmoid focal loss and focal class cost with alpha 0.25, gamma 2.
+
+        Args:
+            **kwargs: Any constructor argument, to override the recipe's.
+
+        Returns:
+            A `DETRLoss`.
+        """
+        recipe: dict[str, Any] = {
+            "classification": "focal",
+            "class_weight": 2.0,
+            "l1_weight": 5.0,
+            "giou_weight": 2.0,
+            "focal_alpha": 0.25,
+            "focal_gamma": 2.0,
+            "normalization": "batch",
+            "reduction": "sum",
+        }
+        return cls(**{**recipe, **kwargs})
+
+    @classmethod
+    def rt_detr(cls, denoising_groups: int = 0, **kwargs: Any) -> DETRLoss:
+        """RT-DETR's criterion (Zhao et al., 2024).
+
+        Varifocal loss (alpha 0.75, gamma 2) with weights class/L1/GIoU 1/5/2; matching
+        2/5/2 with the focal class cost's alpha 0.25, gamma 2; normalized by the batch's
+        number of boxes. RT-DETR's default is 100 denoising queries: with M padded
+        targets, `denoising_groups = max(1, 100 // M)`.
+
+        Args:
+            denoising_groups: G, the denoising groups at the front of the query axis.
+            **kwargs: Any constructor argument, to override the recipe's.
+
+        Returns:
+            A `DETRLoss`.
+        """
+        recipe: dict[str, Any] = {
+            "classification": "varifocal",
+            "class_weight": 1.0,
+            "l1_weight": 5.0,
+            "giou_weight": 2.0,
+            "focal_alpha": 0.75,
+            "focal_gamma": 2.0,
+            "matching_weights": (2.0, 5.0, 2.0),
+            "matching_alpha": 0.25,
+            "matching_gamma": 2.0,
+            "denoising_groups": denoising_groups,
+            "normalization": "batch",
+            "reduction": "sum",
+        }
+        return cls(**{**recipe, **kwargs})
+
+    @classmethod
+    def d_fine(cls, denoising_groups: int = 0, **kwargs: Any) -> DETRLoss:
+        """D-FINE's class and box terms (Peng et al., 2024); FGL and DDF are the model's.
+
+        As RT-DETR's recipe: varifocal (alpha 0.75, gamma 2), weights 1/5/2, matching
+        2/5/2 with alpha 0.25, gamma 2, GIoU. keras-hub's D-FINE uses CIoU instead:
+        `DETRLoss.d_fine(box_loss="ciou")`.
+
+        Args:
+            denoising_groups: G, the denoising groups at the front of the query axis.
+            **kwargs: Any constructor argument, to override the recipe's.
+
+        Returns:
+            A `DETRLoss`.
+        """
+        return cls.rt_detr(denoising_groups=denoising_groups, **kwargs)
+
+    @classmethod
+    def deim(cls, denoising_groups: int = 0, **kwargs: Any) -> DETRLoss:
+        """DEIM's criterion (Huang et al., 2025): the matchability-aware loss, dense o2o.
+
+        MAL with gamma 1.5 and no alpha factor, weights 1/5/2, matching 2/5/2 with the
+        focal class cost's alpha 0.25, gamma 2, and the box terms on the dense
+        one-to-one pairs over the sets.
+
+        Args:
+            denoising_groups: G, the denoising groups at the front of the query axis.
+            **kwargs: Any constructor argument, to override the recipe's.
+
+        Returns:
+            A `DETRLoss`.
+        """
+        recipe: dict[str, Any] = {
+            "classification": "mal",
+            "class_weight": 1.0,
+            "l1_weight": 5.0,
+            "giou_weight": 2.0,
+            "focal_gamma": 1.5,
+            "mal_alpha": None,
+            "matching_weights": (2.0, 5.0, 2.0),
+            "matching_alpha": 0.25,
+            "matching_gamma": 2.0,
+            "dense_one_to_one": True,
+            "denoising_groups": denoising_groups,
+            "normalization": "batch",
+            "reduction": "sum",
+        }
+        return cls(**{**recipe, **kwargs})
+
+    # ----- the loss --------------------------------------------------------------------------
+
+    @_backend.outside_torch_compile
+    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """Per-sample loss `[B]`."""
+        problems = self._problems(y_true, y_pred)
+        terms = self._problem_terms(problems)
+        loss = (
+            self.class_weight * terms["class"]
+            + self.l1_weight * terms["l1"]
+            + self.giou_weight * terms[self.box_loss]
+        )  # [P]
+        loss = self._policy(loss, problems)
+        return self._reduce_sets(loss, problems.num_sets)
+
+    def match(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """The optimal matching, indexing the query axis of `y_pred`.
+
+        Args:
+            y_true: Targets `[B, M, 5]`.
+            y_pred: Predictions `[B, Q, D]` or `[B, S, Q, D]`.
+
+        Returns:
+            int32 `[B, M]` (`[B, S, M]` with sets; a last axis of k with
+            `matches_per_target=k`): the query of each target, `>= G * 2 * M` with
+            denoising groups, -1 for padding and unmatched targets.
+        """
+        problems = self._problems(y_true, y_pred)
+        num_targets = problems.y_true.shape[1] // self.matches_per_target
+        offset = _layout.num_denoising(self.denoising_groups, num_targets)
+        indices = ops.where(problems.indices >= 0, problems.indices + offset, -1)
+        return self._shape_indices(indices, problems.num_sets)
+
+    def terms(self, y_true: Tensor, y_pred: Tensor) -> dict[str, Tensor]:
+        """The three terms of the loss per sample, unweighted, averaged over sets.
+
+        `loss = class_weight * class + l1_weight * l1 + giou_weight * box` before Keras's
+        reduction, the box term named by `box_loss`. Denoising terms are included.
+
+        Args:
+            y_true: Targets `[B, M, 5]`.
+            y_pred: Predictions `[B, Q, D]` or `[B, S, Q, D]`.
+
+        Returns:
+            `{"class": [B], "l1": [B], box_loss: [B]}`.
+        """
+        problems = self._problems(y_true, y_pred)
+        terms = self._problem_terms(problems)
+        return {name: self._reduce_sets(value, problems.num_sets) for name, value in terms.items()}
+
+    def term_names(self) -> tuple[str, str, str]:
+        """The names of the terms: `("class", "l1", box_loss)`."""
+        return ("class", "l1", self.box_loss)
+
+    def term_metrics(self) -> list[DETRLossTerm]:
+        """Keras metrics of the three terms: `model.compile(..., metrics=loss.term_metrics())`.
+
+        Each metric matches again (one more solver call per metric and step); they are
+        cheapest in `evaluate`.
+
+        Returns:
+            One `DETRLossTerm` per name of `term_names()`.
+        """
+        return [DETRLossTerm(self, term) for term in self.term_names()]
+
+    def batch_total(self, total: Tensor) -> Tensor:
+        """A count summed over the batch, for `normalization="batch"`.
+
+        Under `tf.distribute`, the sum over the replicas: Keras adds the replicas'
+        gradients, so each replica divides by the global count (DETR's `num_boxes`, which
+        is the mean over replicas because PyTorch's DDP averages gradients instead). The
+        count itself elsewhere. Override it for another scheme.
+
+        Args:
+            total: Scalar, a count summed over this replica's batch.
+
+        Returns:
+            Scalar.
+        """
+        return _backend.replica_sum(total)
+
+    def invalid_targets(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """Where a target's class id is not an integer in `[0, K)`.
+
+        Read on every row; the caller keeps the real targets. A sample with such a real
+        target gets a `NaN` loss (a class id of 90 for K = 80, -1 on a row whose box is
+        real, 1.5).
+
+        Args:
+            y_true: Targets `[P, M, 5]`.
+            y_pred: Predictions `[P, N, D]`, for K.
+
+        Returns:
+            bool tensor `[P, M]`.
+        """
+        num_classes = self._num_classes(y_pred)
+        ids = y_true[:, :, 4]  # [P, M]
+        integer = ops.equal(ids, ops.round(ids))
+        in_range = ops.logical_and(ids >= 0, ids <= num_classes - 1)
+        return ops.logical_not(ops.logical_and(integer, in_range))
+
+    # ----- internals -------------------------------------------------------------------------
+
+    def _problems(self, y_true: Tensor, y_pred: Tensor) -> _Problems:
+        """Checks, flattens the sets, splits off the denoising queries, and matches."""
+        y_true, y_pred = self._prepare(y_true, y_pred)
+        self._check_layout(y_true, y_pred)
+        y_true, y_pred, num_sets = self._flatten_sets(y_true, y_pred)  # [P, M, 5], [P, Q, D]
+        denoising, queries = _layout.split_queries(
+            y_pred, self.denoising_groups, y_true.shape[1]
+        )  # [P, G * 2M, D], [P, N, D]
+        target_mask = self.target_mask(y_true)  # [P, M]
+        cost = self._matching_cost(y_true, queries)  # [P, M, N], without gradient
+        y_true, target_mask, cost = self._repeat_targets(y_true, target_mask, cost)
+        indices = self._solve(cost, target_mask)  # [P, M * k]
+        return _Problems(y_true, queries, denoising, target_mask, cost, indices, num_sets)
+
+    def _problem_terms(self, problems: _Problems) -> dict[str, Tensor]:
+        """The three terms per problem `[P]`: matched queries, plus denoising."""
+        queries = _finite_or_zero(problems.queries)
+        box_pairs = None
+        if self.dense_one_to_one and problems.num_sets is not None:
+            box_pairs = _layout.dense_one_to_one(
+                problems.indices, problems.num_sets, queries.shape[1]
+            )  # [B, N]
+            box_pairs = ops.repeat(box_pairs, problems.num_sets, axis=0)  # [P, N]
+        sums = self._sums(problems.y_true, queries, problems.indices, box_pairs)
+        if self.denoising_groups:
+            # The first copy of each target (rows i * k with `matches_per_target=k`).
+            real = problems.target_mask[:, :: self.matches_per_target]  # [P, M]
+            y_true = problems.y_true[:, :: self.matches_per_target]  # [P, M, 5]
+            dn_true, dn_indices = _layout.denoising_targets(y_true, real, self.denoising_groups)
+            dn_sums = self._sums(dn_true, _finite_or_zero(problems.denoising), dn_indices)
+        else:
+            dn_sums = None
+        return self._normalize(sums, dn_sums)
+
+    def _sums(
+        self,
+        y_true: Tensor,
+        y_pred: Tensor,
+        indices: Tensor,
+        box_pairs: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """The sums of the terms per problem `[P]` and their counts, for one assignment.
+
+        `box_pairs [P, N]`, if given, is the target of each query for the box terms
+        (dense one-to-one) in place of `indices`.
+        """
+        if box_pairs is None:
+            box_true, box_indices = y_true, indices
+        else:  # the pairs (target of query n, query n)
+            box_true = self.gather_matched(y_true, box_pairs)  # [P, N, 5]
+            columns = ops.arange(y_pred.shape[1], dtype="int32")[None, :]  # [1, N]
+            box_indices = ops.where(box_pairs >= 0, columns, -1)  # [P, N]
+        l1 = self.matched_cost(box_true, y_pred, box_indices, cost=self._l1)  # [P, R]
+        box = self.matched_cost(box_true, y_pred, box_indices, cost=self._box)  # [P, R]
+        pairs = ops.sum(ops.cast(box_indices >= 0, y_pred.dtype), axis=1)  # [P]
+        class_sum, class_count = self._class_sum(y_true, y_pred, indices)
+        return {
+            "class": class_sum,
+            "class_count": class_count,
+            "l1": ops.sum(l1, axis=1),
+            self.box_loss: ops.sum(box, axis=1),
+            "box_count": pairs,
+        }
+
+    def _class_sum(self, y_true: Tensor, y_pred: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """The class term's sum `[P]` over all queries, and what it is divided by `[P]`."""
+        logits = y_pred[:, :, 4:]  # [P, Q, K (+ 1)]
+        num_classes = self._num_classes(y_pred)
+        classes = ops.cast(ops.clip(ops.round(y_true[:, :, 4]), 0, num_classes - 1), "int32")
+        if self.classification == "softmax":
+            return classification_terms.softmax_cross_entropy(
+                logits, classes, indices, self.eos_coef
+            )
+        matched = ops.cast(indices >= 0, logits.dtype)  # [P, M]
+        one_hot = ops.one_hot(classes, num_classes, dtype=logits.dtype) * matched[:, :, None]
+        if self.classification == "focal":
+            per_query = classification_terms.query_targets(indices, one_hot, logits.shape[1])
+            total = classification_terms.focal(
+                logits, per_query, self.focal_alpha, self.focal_gamma
+            )
+            return total, ops.sum(matched, axis=1)
+        # The IoU of each matched query's box with its target's, without gradient.
+        iou = 1.0 - self.matched_cost(y_true, y_pred, indices, cost=self._iou)  # [P, M]
+        iou = ops.stop_gradient(ops.clip(iou, 0.0, 1.0) * matched)[:, :, None]  # [P, M, 1]
+        per_query = classification_terms.query_targets(
+            indices, ops.concatenate([one_hot, iou], axis=-1), logits.shape[1]
+        )  # [P, Q, K + 1]
+        one_hot_q, iou_q = per_query[:, :, :num_classes], per_query[:, :, num_classes:]
+        if self.classification == "varifocal":
+            total = classification_terms.varifocal(
+                logits, one_hot_q, iou_q, self.focal_alpha, self.focal_gamma
+            )
+        else:
+            total = classification_terms.matchability_aware(
+                logits, one_hot_q, iou_q, self.mal_alpha, self.focal_gamma
+            )
+        return total, ops.sum(matched, axis=1)
+
+    def _normalize(
+        self, sums: dict[str, Tensor], dn_sums: dict[str, Tensor] | None
+    ) -> dict[str, Tensor]:
+        """Each term divided by its count (per problem, or the batch's), denoising added."""
+        terms = {}
+        for name in self.term_names():
+            count = "class_count" if name == "class" else "box_count"
+            terms[name] = sums[name] / self._normalizer(sums[count])
+            if dn_sums is not None:
+                terms[name] = terms[name] + dn_sums[name] / self._normalizer(dn_sums[count])
+        return terms
+
+    def _normalizer(self, count: Tensor) -> Tensor:
+        """A count `[P]` made a divisor: itself per problem, or the batch's total per set."""
+        if self.normalization == "sample":
+            return ops.where(count > 0, count, 1.0)  # [P]
+        total = self.batch_total(ops.sum(count) / self._num_sets)  # []
+        return ops.where(total > 0, total, 1.0)
+
+    def _policy(self, loss: Tensor, problems: _Problems) -> Tensor:
+        """The failure policy: the matched problem's, the predictions', the targets'.
+
+        Every query enters the class term, so a non-finite value in any query makes the
+        loss non-finite (`NaN` for `NaN`, else `inf`); so does a real target with an
+        invalid class id (`NaN`). Such a problem adds no gradient.
+        """
+        loss = _failure_policy(
+            loss,
+            problems.y_true,
+            problems.queries,
+            problems.cost,
+            problems.indices,
+            problems.target_mask,
+        )
+        every_query = ops.concatenate([problems.denoising, problems.queries], axis=1)
+        inf_query = ops.logical_not(ops.all(ops.isfinite(every_query), axis=(1, 2)))  # [P]
+        nan_query = ops.any(ops.isnan(every_query), axis=(1, 2))  # [P]
+        invalid = ops.logical_and(
+            self.invalid_targets(problems.y_true, problems.queries), problems.target_mask
+        )
+        nan = ops.logical_or(nan_query, ops.any(invalid, axis=1))  # [P]
+        loss = ops.where(inf_query, _INF, loss)
+        return ops.where(nan, _NAN, loss)
+
+    def _shape_indices(self, indices: Tensor, num_sets: int | None) -> Tensor:
+        """`[P, M * k]` -> `[B, (S,) M (, k)]`."""
+        if self.matches_per_target > 1:
+            indices = ops.reshape(
+                indices, (-1, indices.shape[1] // self.matches_per_target, self.matches_per_target)
+            )
+        if num_sets is not None:
+            indices = ops.reshape(indices, (-1, num_sets, *indices.shape[1:]))
+        return indices
+
+    def _num_classes(self, y_pred: Tensor) -> int:
+        extra = 5 if self.classification == "softmax" else 4
+        return int(y_pred.shape[-1]) - extra
+
+    def _flatten_sets(self, y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor, int | None]:
+        y_true, y_pred, num_sets = super()._flatten_sets(y_true, y_pred)
+        self._num_sets = num_sets or 1  # the batch normalization counts per set
+        return y_true, y_pred, num_sets
+
+    def _check_layout(self, y_true: Tensor, y_pred: Tensor) -> None:
+        """Raises unless `y_true` has 5 channels and `y_pred` at least one class logit."""
+        extra = 2 if self.classification == "softmax" else 1
+        if y_true.shape[-1] != 5 or y_pred.shape[-1] is None or y_pred.shape[-1] < 4 + extra:
+            layout = "4 + K + 1" if self.classification == "softmax" else "4 + K"
+            raise ValueError(
+                "Expected `y_true` with 5 channels ([box, class id]) and `y_pred` with "
+                f"{layout} channels (box, K >= 1 class logits"
+                + (', then "no object")' if extra == 2 else ")")
+                + f" for classification={self.classification!r}. Received: "
+                f"y_true.shape={tuple(y_true.shape)}, y_pred.shape={tuple(y_pred.shape)}"
+            )
+
+    def get_config(self) -> dict[str, Any]:
+        """The base config and every constructor argument (the cost follows from them)."""
+        config = super().get_config()
+        del config["cost"]  # built from the weights, not an argument
+        config.update(
+            {
+                "class_weight": self.class_weight,
+                "l1_weight": self.l1_weight,
+                "giou_weight": self.giou_weight,
+                "eos_coef": self.eos_coef,
+                "classification": self.classification,
+                "focal_alpha": self.focal_alpha,
+                "focal_gamma": self.focal_gamma,
+                "normalization": self.normalization,
+                "box_loss": self.box_loss,
+                "matching_weights": list(self.matching_weights),
+                "matching_alpha": self.matching_alpha,
+                "matching_gamma": self.matching_gamma,
+                "mal_alpha": self.mal_alpha,
+                "denoising_groups": self.denoising_groups,
+                "dense_one_to_one": self.dense_one_to_one,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="hungarian_loss")
+class DETRLossTerm(keras.metrics.Mean):
+    """A Keras metric: the mean of one term of a `DETRLoss` (`"class"`, `"l1"`, the box term).
+
+    Made by `DETRLoss.term_metrics()`; the metric is named `"{loss.name}_{term}"`.
+
+    Args:
+        loss: The `DETRLoss` (or its config).
+        term: One of `loss.term_names()`: `"class"`, `"l1"` or the `box_loss` name.
+        name: Name of the metric; defaults to `"{loss.name}_{term}"`.
+        dtype: Dtype of the metric's result.
+
+    Raises:
+        ValueError: if `term` is unknown or `loss` is not a `DETRLoss`.
+    """
+
+    def __init__(self, loss: Any, term: str, name: str | None = None, dtype: Any = None) -> None:
+        if isinstance(loss, dict):
+            loss = keras.saving.deserialize_keras_object(loss)
+        if not isinstance(loss, DETRLoss):
+            raise ValueError(f"Expected `loss` to be a DETRLoss. Received: loss={loss!r}")
+        if term not in loss.term_names():
+            raise ValueError(
+                f"Expected `term` to be one of {loss.term_names()}. Received: term={term!r}"
+            )
+        super().__init__(name=name or f"{loss.name}_{term}", dtype=dtype)
+        self.loss = loss
+        self.term = term
+
+    def update_state(self, y_true: Tensor, y_pred: Tensor, sample_weight: Tensor = None) -> None:
+        """Adds the term of each sample of the batch to the mean."""
+        values = self.loss.terms(y_true, y_pred)[self.term]  # [B]
+        super().update_state(values, sample_weight=sample_weight)
+
+    def get_config(self) -> dict[str, Any]:
+        """The loss (serialized), the term, the name and the dtype."""
+        return {
+            "loss": keras.saving.serialize_keras_object(self.loss),
+            "term": self.term,
+            "name": self.name,
+            "dtype": self.dtype,
+        }
+
+
+def _finite_or_zero(x: Tensor) -> Tensor:
+    """`x [P, Q, D]` with its non-finite rows zeroed (no gradient reaches them)."""
+    finite = ops.all(ops.isfinite(x), axis=-1, keepdims=True)  # [P, Q, 1]
+    return ops.where(finite, x, 0.0)
+
+
+def _check_choice(arg: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"Expected `{arg}` to be one of {choices}. Received: {arg}={value!r}")
+
+
+def _check_weight(arg: str, value: Any) -> None:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"Expected `{arg}` to be a finite number >= 0. Received: {arg}={value!r}")
+
+
+def _check_unit(arg: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise ValueError(f"Expected `{arg}` to be a number in [0, 1]. Received: {arg}={value!r}")
+
+
+def _standardize_matching_weights(weights: Any) -> tuple[float, float, float]:
+    try:
+        values = tuple(weights)
+    except TypeError:
+        values = ()
+    if len(values) != 3:
+        raise ValueError(
+            "Expected `matching_weights` to be None or three numbers (class, l1, box). "
+            f"Received: matching_weights={weights!r}"
+        )
+    for value in values:
+        _check_weight("matching_weights", value)
+    return (float(values[0]), float(values[1]), float(values[2]))

@@ -1,0 +1,466 @@
+"""DETRLoss's RT-DETR-family terms against a NumPy/SciPy reference written here: varifocal,
+matchability-aware, matching weights of their own, denoising groups, dense one-to-one, the
+recipes; padding, several sets, an image without targets; config and `.keras`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import scipy.optimize
+import scipy.special
+from helpers import compiled, to_numpy, value_and_grads
+
+from hungarian_loss import DETRLoss
+
+B, M, N, K = 4, 3, 6, 3  # samples, padded targets, matched queries, classes
+COUNTS = [0, M, 1, 2]  # real targets per sample: one image without any
+
+
+# ----- the reference ---------------------------------------------------------------------------
+
+
+def corners(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., :2] + boxes[..., 2:] / 2
+
+
+def iou_giou(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """IoU and GIoU of every pair of `center_xywh` boxes, `[M, 4] x [N, 4] -> [M, N]`."""
+    lo1, hi1 = corners(a)
+    lo2, hi2 = corners(b)
+    inter = np.prod(
+        np.clip(np.minimum(hi1[:, None], hi2) - np.maximum(lo1[:, None], lo2), 0, None), -1
+    )
+    union = np.prod(a[:, 2:], -1)[:, None] + np.prod(b[:, 2:], -1)[None] - inter
+    hull = np.prod(np.maximum(hi1[:, None], hi2) - np.minimum(lo1[:, None], lo2), -1)
+    iou = inter / union
+    return iou, iou - (hull - union) / hull
+
+
+def focal_cost(logits: np.ndarray, classes: np.ndarray, alpha: float, gamma: float) -> np.ndarray:
+    p = scipy.special.expit(logits)  # [N, K]
+    positive = alpha * (1 - p) ** gamma * -np.log(p + 1e-8)
+    negative = (1 - alpha) * p**gamma * -np.log(1 - p + 1e-8)
+    return (positive - negative)[:, classes].T  # [M, N]
+
+
+def class_sum(
+    kind: str, logits: np.ndarray, pairs: list, classes: np.ndarray, ious: np.ndarray, cfg: dict
+) -> float:
+    """The sigmoid class term of one image's queries `[Q, K]` with the pairs (i, j)."""
+    onehot = np.zeros_like(logits)
+    score = np.zeros_like(logits)
+    for (i, j), iou in zip(pairs, ious, strict=True):
+        onehot[j, classes[i]] = 1.0
+        score[j, classes[i]] = iou if kind == "varifocal" else iou ** cfg["gamma"]
+    p = scipy.special.expit(logits)
+    bce = np.logaddexp(0, logits) - logits * score
+    if kind == "varifocal":
+        weight = cfg["alpha"] * p ** cfg["gamma"] * (1 - onehot) + score
+    else:
+        factor = 1.0 if cfg["mal_alpha"] is None else cfg["mal_alpha"]
+        weight = factor * p ** cfg["gamma"] * (1 - onehot) + onehot
+    return float((weight * bce).sum())
+
+
+def image_sums(
+    targets: np.ndarray, queries: np.ndarray, pairs: list, box_pairs: list, cfg: dict
+) -> np.ndarray:
+    """[class sum, class count, L1 sum, GIoU sum, box pairs] of one image and assignment."""
+    classes = targets[:, 4].astype(int)
+    ious = [iou_giou(targets[i : i + 1, :4], queries[j : j + 1, :4])[0][0, 0] for i, j in pairs]
+    cls = class_sum(cfg["kind"], queries[:, 4:], pairs, classes, ious, cfg)
+    l1 = sum(np.abs(targets[i, :4] - queries[j, :4]).sum() for i, j in box_pairs)
+    giou = sum(1 - iou_giou(targets[i : i + 1, :4], queries[j : j + 1, :4])[1][0, 0]
+               for i, j in box_pairs)  # fmt: skip
+    return np.array([cls, len(pairs), l1, giou, len(box_pairs)])
+
+
+def match(targets: np.ndarray, queries: np.ndarray, cfg: dict) -> list:
+    """SciPy's optimal pairs (i, j) of one image's real targets with the matched queries."""
+    if len(targets) == 0:
+        return []
+    w_class, w_l1, w_box = cfg["matching"]
+    cost = (
+        w_class * focal_cost(queries[:, 4:], targets[:, 4].astype(int), 0.25, 2.0)
+        + w_l1 * np.abs(targets[:, None, :4] - queries[None, :, :4]).sum(-1)
+        + w_box * (1 - iou_giou(targets[:, :4], queries[:, :4])[1])
+    )
+    rows, cols = scipy.optimize.linear_sum_assignment(cost)
+    return list(zip(rows.tolist(), cols.tolist(), strict=True))
+
+
+def dense_pairs(per_set: list) -> list:
+    """DEIM's pairs: each query's most frequent target over the sets (ties: latest set)."""
+    best: dict[int, tuple[int, int, int]] = {}  # query -> (count, latest set, target)
+    counts: dict[tuple[int, int], list[int]] = {}
+    for s, pairs in enumerate(per_set):
+        for i, j in pairs:
+            counts.setdefault((j, i), []).append(s)
+    for (j, i), sets in counts.items():
+        key = (len(sets), max(sets), i)
+        if j not in best or key[:2] > best[j][:2]:
+            best[j] = key
+    return [(target, j) for j, (_, _, target) in sorted(best.items())]
+
+
+def reference(y_true: np.ndarray, y_pred: np.ndarray, cfg: dict) -> np.ndarray:
+    """Per-sample loss `[B]` of `y_pred [B, S, G * 2M + N, 4 + K]` (float64)."""
+    y_true, y_pred = y_true.astype("float64"), y_pred.astype("float64")
+    groups, sets = cfg["groups"], y_pred.shape[1]
+    dn = groups * 2 * M
+    sums = np.zeros((B, sets, 2, 5))  # [..., matched / denoising, terms]
+    for b in range(B):
+        real = ~np.all(y_true[b] == -1, axis=1)
+        targets = y_true[b][real]
+        per_set = [match(targets, y_pred[b, s, dn:], cfg) for s in range(sets)]
+        dense = dense_pairs(per_set) if cfg.get("dense") else None
+        for s in range(sets):
+            queries = y_pred[b, s, dn:]
+            sums[b, s, 0] = image_sums(targets, queries, per_set[s], dense or per_set[s], cfg)
+            positives = [(i, g * 2 * M + i) for g in range(groups) for i in range(len(targets))]
+            sums[b, s, 1] = image_sums(targets, y_pred[b, s, :dn], positives, positives, cfg)
+    if cfg["normalization"] == "sample":
+        counts = np.maximum(sums[..., [1, 4]], 1)  # [B, S, 2, 2]
+    else:  # the batch's totals, per set
+        counts = np.maximum(sums[..., [1, 4]].sum(axis=0, keepdims=True), 1)
+    cls = sums[..., 0] / counts[..., 0]
+    l1 = sums[..., 2] / counts[..., 1]
+    giou = sums[..., 3] / counts[..., 1]
+    w_class, w_l1, w_box = cfg["weights"]
+    per_part = w_class * cls + w_l1 * l1 + w_box * giou  # [B, S, 2]
+    if not groups:
+        per_part[..., 1] = 0.0
+    return per_part.sum(axis=2).mean(axis=1)  # [B]
+
+
+# ----- data ------------------------------------------------------------------------------------
+
+
+def make_data(seed: int, sets: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """`y_true [B, M, 5]` with padding, `y_pred [B, S, G * 2M + N, 4 + K]`."""
+    rng = np.random.default_rng(seed)
+    y_true = np.full((B, M, 5), -1.0, "float32")
+    for b, count in enumerate(COUNTS):
+        y_true[b, :count, :2] = rng.uniform(0.25, 0.75, size=(count, 2))
+        y_true[b, :count, 2:4] = rng.uniform(0.1, 0.4, size=(count, 2))
+        y_true[b, :count, 4] = rng.integers(0, K, size=count)
+    queries = groups * 2 * M + N
+    centers = rng.uniform(0.2, 0.8, size=(B, sets, queries, 2))
+    sizes = rng.uniform(0.1, 0.4, size=(B, sets, queries, 2))
+    # Boxes near their targets, so that IoUs are not all zero.
+    near = np.tile(np.where(y_true[:, None, :, :4] == -1, 0.5, y_true[:, None, :, :4]),
+                   (1, sets, queries // M + 1, 1))[:, :, :queries]  # fmt: skip
+    boxes = 0.5 * near + 0.5 * np.concatenate([centers, sizes], axis=-1)
+    logits = 2.0 * rng.normal(size=(B, sets, queries, K))
+    return y_true, np.concatenate([boxes, logits], axis=-1).astype("float32")
+
+
+def per_sample(loss: DETRLoss, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    return compiled(lambda t, p: loss(t, p), y_true, y_pred)
+
+
+VARIFOCAL = {"kind": "varifocal", "alpha": 0.75, "gamma": 2.0, "mal_alpha": None}
+
+
+# ----- values ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("groups", [0, 2])
+def test_varifocal_with_matching_weights_of_its_own(groups: int) -> None:
+    y_true, y_pred = make_data(0, sets=2, groups=groups)
+    loss = DETRLoss(
+        classification="varifocal", matching_weights=(2.0, 5.0, 2.0),
+        denoising_groups=groups, reduction="none",
+    )  # fmt: skip
+    cfg = {**VARIFOCAL, "matching": (2, 5, 2), "weights": (1, 5, 2), "groups": groups,
+           "normalization": "sample"}  # fmt: skip
+    np.testing.assert_allclose(
+        per_sample(loss, y_true, y_pred), reference(y_true, y_pred, cfg), rtol=2e-5, atol=2e-6
+    )
+    # The matching indexes the query axis: the matched queries come after the denoising ones.
+    indices = to_numpy(loss.match(y_true, y_pred))  # [B, S, M]
+    for b, count in enumerate(COUNTS):
+        real = y_true[b, :count]
+        for s in range(2):
+            pairs = match(real.astype("float64"), y_pred[b, s, groups * 2 * M :], cfg)
+            expected = [j + groups * 2 * M for _, j in sorted(pairs)]
+            assert indices[b, s, :count].tolist() == expected
+            assert np.all(indices[b, s, count:] == -1)
+
+
+@pytest.mark.parametrize(("mal_alpha", "normalization"), [(None, "batch"), (0.5, "sample")])
+def test_matchability_aware(mal_alpha: float | None, normalization: str) -> None:
+    y_true, y_pred = make_data(1, sets=2, groups=1)
+    loss = DETRLoss.deim(
+        denoising_groups=1, mal_alpha=mal_alpha, dense_one_to_one=False,
+        normalization=normalization, reduction="none",
+    )  # fmt: skip
+    cfg = {"kind": "mal", "gamma": 1.5, "mal_alpha": mal_alpha, "matching": (2, 5, 2),
+           "weights": (1, 5, 2), "groups": 1, "normalization": normalization}  # fmt: skip
+    np.testing.assert_allclose(
+        per_sample(loss, y_true, y_pred), reference(y_true, y_pred, cfg), rtol=2e-5, atol=2e-6
+    )
+
+
+@pytest.mark.parametrize("groups", [0, 1])
+def test_dense_one_to_one(groups: int) -> None:
+    y_true, y_pred = make_data(2, sets=3, groups=groups)
+    # Make the sets disagree: set 1 moves some queries onto other targets.
+    loss = DETRLoss.deim(denoising_groups=groups, reduction="none", normalization="sample")
+    cfg = {"kind": "mal", "gamma": 1.5, "mal_alpha": None, "matching": (2, 5, 2),
+           "weights": (1, 5, 2), "groups": groups, "normalization": "sample",
+           "dense": True}  # fmt: skip
+    expected = reference(y_true, y_pred, cfg)
+    np.testing.assert_allclose(per_sample(loss, y_true, y_pred), expected, rtol=2e-5, atol=2e-6)
+    # The dense pairs are not the per-set ones on this data (else this test shows nothing).
+    plain = reference(y_true, y_pred, {**cfg, "dense": False})
+    assert np.max(np.abs(plain - expected)) > 1e-3
+
+
+def test_dense_pairs_break_ties_by_the_latest_set() -> None:
+    from hungarian_loss.detr import _layout
+
+    # One sample, S = 3 sets, M = 2 targets, N = 3 queries.
+    indices = np.array([[0, 1], [1, 0], [2, -1]], "int32")  # rows: sets 0, 1, 2
+    pairs = to_numpy(_layout.dense_one_to_one(keras.ops.convert_to_tensor(indices), 3, 3))
+    # Query 0: target 0 in set 0, target 1 in set 1 (tie: latest, target 1); query 1: target
+    # 1 in set 0, target 0 in set 1 (tie: target 0); query 2: target 0 in set 2.
+    assert pairs.tolist() == [[1, 0, 0]]
+
+
+def test_recipes_and_batch_normalization_with_sum() -> None:
+    y_true, y_pred = make_data(3, sets=2, groups=2)
+    loss = DETRLoss.rt_detr(denoising_groups=2)
+    assert loss.get_config()["reduction"] == "sum"
+    cfg = {**VARIFOCAL, "matching": (2, 5, 2), "weights": (1, 5, 2), "groups": 2,
+           "normalization": "batch"}  # fmt: skip
+    value = compiled(lambda t, p: loss(t, p)[None], y_true, y_pred)[0]
+    assert value == pytest.approx(reference(y_true, y_pred, cfg).sum(), rel=2e-5)
+    assert DETRLoss.d_fine().get_config() == {**DETRLoss.rt_detr().get_config()}
+    assert DETRLoss.d_fine(box_loss="giou").box_loss == "giou"
+    deim = DETRLoss.deim()
+    assert (deim.classification, deim.focal_gamma, deim.dense_one_to_one) == ("mal", 1.5, True)
+    detr = DETRLoss.detr()
+    assert (detr.classification, detr.eos_coef, detr.normalization) == ("softmax", 0.1, "batch")
+    deformable = DETRLoss.deformable_detr()
+    assert (deformable.class_weight, deformable.matching_alpha) == (2.0, 0.25)
+
+
+def test_denoising_queries_of_padding_targets_only_say_no_object() -> None:
+    y_true, y_pred = make_data(4, sets=1, groups=2)
+    loss = DETRLoss.rt_detr(denoising_groups=2, reduction="none", normalization="sample")
+    base = per_sample(loss, y_true, y_pred)
+    moved = y_pred.copy()
+    for b, count in enumerate(COUNTS):
+        for g in range(2):
+            for i in range(count, M):  # the positive and negative of each padding target
+                for q in (g * 2 * M + i, g * 2 * M + M + i):
+                    moved[b, 0, q, :4] = [0.9, 0.1, 0.05, 0.7]  # their boxes are not read
+    np.testing.assert_allclose(per_sample(loss, y_true, moved), base, rtol=1e-6, atol=1e-7)
+    sure_no = moved.copy()
+    sure_no[:, 0, : 2 * 2 * M, 4:] = -30.0  # every denoising query says "no object" ...
+    lower = per_sample(loss, y_true, sure_no)
+    assert lower[0] < base[0]  # ... which is all an image without targets asks of them
+
+
+def test_denoising_axis_too_short_is_a_clear_error() -> None:
+    y_true, y_pred = make_data(0, sets=1, groups=0)
+    with pytest.raises(ValueError, match=r"denoising_groups \* 2 \* M = 3 \* 2 \* 3 = 18"):
+        DETRLoss(classification="varifocal", denoising_groups=3)(y_true, y_pred)
+
+
+def test_terms_add_up_with_denoising() -> None:
+    y_true, y_pred = make_data(5, sets=2, groups=1)
+    loss = DETRLoss(classification="varifocal", denoising_groups=1, reduction="none")
+    terms = {name: to_numpy(value) for name, value in loss.terms(y_true, y_pred).items()}
+    weighted = terms["class"] + 5.0 * terms["l1"] + 2.0 * terms["giou"]
+    np.testing.assert_allclose(weighted, to_numpy(loss(y_true, y_pred)), rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_are_finite_and_carry_none_through_the_weights() -> None:
+    y_true, y_pred = make_data(6, sets=1, groups=1)
+    loss = DETRLoss.rt_detr(denoising_groups=1, reduction="none", normalization="sample")
+    value, (_, grad) = value_and_grads(lambda t, p: loss(t, p), y_true, y_pred)
+    assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad))
+    # Sample 1 has 3 targets. The varifocal term's gradient for a logit x with target
+    # score t and weight w (constant: no gradient through sigmoid(x)^gamma) is
+    # w * (sigmoid(x) - t) / 3, and it adds the same for the denoising part.
+    indices = to_numpy(loss.match(y_true, y_pred))[1, 0]  # [M]: queries >= 2M
+    unmatched = sorted(set(range(2 * M, 2 * M + N)) - set(indices.tolist()))[0]
+    x = y_pred[1, 0, unmatched, 4:].astype("float64")
+    p = scipy.special.expit(x)
+    expected = 0.75 * p**2 * p / 3
+    np.testing.assert_allclose(grad[1, 0, unmatched, 4:], expected, rtol=1e-4, atol=1e-7)
+    target, query = 0, int(indices[0])  # a matched pair
+    c = int(y_true[1, target, 4])
+    t = iou_giou(y_true[1, target : target + 1, :4].astype("float64"),
+                 y_pred[1, 0, query : query + 1, :4].astype("float64"))[0][0, 0]  # fmt: skip
+    p_c = scipy.special.expit(float(y_pred[1, 0, query, 4 + c]))
+    assert grad[1, 0, query, 4 + c] == pytest.approx(t * (p_c - t) / 3, rel=1e-4, abs=1e-7)
+
+
+# ----- errors and config -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"classification": "vfl"}, "classification"),
+        ({"box_loss": "eiou"}, "box_loss"),
+        ({"matching_weights": (1.0, 2.0)}, "matching_weights"),
+        ({"matching_weights": (1.0, -2.0, 1.0)}, "matching_weights"),
+        ({"matching_alpha": 1.5}, "matching_alpha"),
+        ({"mal_alpha": -0.1}, "mal_alpha"),
+        ({"denoising_groups": -1}, "denoising_groups"),
+        ({"denoising_groups": 1.5}, "denoising_groups"),
+    ],
+)
+def test_bad_arguments_raise_at_construction(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        DETRLoss(**kwargs)
+
+
+LOSSES = {
+    "rt_detr": lambda: DETRLoss.rt_detr(denoising_groups=2),
+    "deim": lambda: DETRLoss.deim(denoising_groups=2, mal_alpha=0.3),
+}
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_config_round_trip(name: str) -> None:
+    loss = LOSSES[name]()
+    config = loss.get_config()
+    assert DETRLoss.from_config(config).get_config() == config
+    serialized = json.loads(json.dumps(keras.saving.serialize_keras_object(loss)))
+    assert keras.saving.deserialize_keras_object(serialized).get_config() == config
+
+
+def test_keras_file_round_trip_in_a_fresh_process(tmp_path: Path) -> None:
+    y_true, y_pred = make_data(7, sets=2, groups=2)
+    inputs = keras.Input(y_pred.shape[1:])
+    model = keras.Model(inputs, keras.layers.Identity()(inputs))
+    loss = DETRLoss.deim(denoising_groups=2, mal_alpha=0.3, box_loss="giou")
+    model.compile(loss=loss)
+    expected = float(model.evaluate(y_pred, y_true, batch_size=B, verbose=0))
+    model.save(tmp_path / "model.keras")
+    np.save(tmp_path / "y_true.npy", y_true)
+    np.save(tmp_path / "y_pred.npy", y_pred)
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, keras
+        import hungarian_loss
+        model = keras.saving.load_model({str(tmp_path / "model.keras")!r})
+        y_true = np.load({str(tmp_path / "y_true.npy")!r})
+        y_pred = np.load({str(tmp_path / "y_pred.npy")!r})
+        print(type(model.loss).__name__, model.loss.denoising_groups, model.loss.mal_alpha)
+        print(float(model.evaluate(y_pred, y_true, batch_size={B}, verbose=0)))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert out[0] == "DETRLoss 2 0.3"
+    assert float(out[1]) == pytest.approx(expected, rel=1e-5)
+
+
+# ----- several replicas ------------------------------------------------------------------------
+
+DISTRIBUTED = """
+import json, os, sys
+import keras
+import numpy as np
+BACKEND = keras.backend.backend()
+if BACKEND == "tensorflow":
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from hungarian_loss import DETRLoss
+
+class LocalTotals(DETRLoss):
+    def batch_total(self, total):  # each replica by its own half of the batch
+        return total
+
+rng = np.random.default_rng(0)
+B, M, Q, K = 16, 4, 2 * 2 * 4 + 6, 3
+y = np.full((B, M, 5), -1.0, "float32")
+for b in range(B):  # the first half crowded, the second sparse
+    count = M if b < B // 2 else b % 2
+    y[b, :count, :2] = rng.uniform(0.3, 0.7, (count, 2))
+    y[b, :count, 2:4] = rng.uniform(0.1, 0.3, (count, 2))
+    y[b, :count, 4] = rng.integers(0, K, count)
+x = rng.normal(size=(B, 8)).astype("float32")
+
+def make_model():
+    inputs = keras.Input((8,))
+    boxes = keras.layers.Dense(Q * 4, activation="sigmoid")(inputs)
+    logits = keras.layers.Dense(Q * K)(inputs)
+    out = keras.layers.Concatenate()([keras.layers.Reshape((Q, 4))(boxes),
+                                      keras.layers.Reshape((Q, K))(logits)])
+    return keras.Model(inputs, out)
+
+keras.utils.set_random_seed(0)
+initial = make_model().get_weights()
+
+def train(loss):
+    model = make_model()
+    model.set_weights(initial)
+    model.compile(keras.optimizers.SGD(0.1), loss)
+    model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+    return model.get_weights()
+
+def run(strategy, loss):
+    if strategy is None:
+        return train(loss)
+    with strategy.scope():
+        return train(loss)
+
+if BACKEND == "tensorflow":
+    one = run(tf.distribute.OneDeviceStrategy("/cpu:0"), DETRLoss.rt_detr(denoising_groups=2))
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    several = run(mirrored, DETRLoss.rt_detr(denoising_groups=2))
+    local = run(mirrored, LocalTotals.rt_detr(denoising_groups=2))
+    replicas = mirrored.num_replicas_in_sync
+else:
+    import jax
+    one = train(DETRLoss.rt_detr(denoising_groups=2))
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+    several = train(DETRLoss.rt_detr(denoising_groups=2))
+    local = train(LocalTotals.rt_detr(denoising_groups=2))
+    replicas = len(jax.devices())
+
+def gap(a, b):
+    return max(float(np.max(np.abs(u - v))) for u, v in zip(a, b))
+
+print("RESULT " + json.dumps({"replicas": replicas, "several": gap(one, several),
+                              "local": gap(one, local), "change": gap(one, initial)}))
+"""
+
+
+def test_batch_normalization_on_two_replicas_trains_like_one_device() -> None:
+    backend = keras.backend.backend()
+    if backend == "torch":  # Keras has no multi-device training on torch: nothing to combine
+        loss = DETRLoss.rt_detr()
+        assert float(to_numpy(loss.batch_total(keras.ops.convert_to_tensor(7.0)))) == 7.0
+        return
+    env = {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # fmt: skip
+    process = subprocess.run(
+        [sys.executable, "-c", DISTRIBUTED], env={**os.environ, **env},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
+    assert process.returncode == 0 and lines, process.stderr[-4000:]
+    result = json.loads(lines[-1][len("RESULT ") :])
+    assert result["replicas"] == 2
+    assert result["change"] > 1e-3  # it trained
+    assert result["several"] < 1e-5, result  # the replicas train as one device
+    if backend == "tensorflow":  # each replica by its own totals would not
+        assert result["local"] > 1e-3, result
