@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from keras import ops
 
-from hungarian_loss import HungarianLoss
+from hungarian_loss import DETRLoss, HungarianLoss
 from hungarian_loss.boxes import pairwise_giou, pairwise_iou
 from hungarian_loss.costs import (
     ClassProbabilityCost,
@@ -535,6 +535,65 @@ def test_target_dtype_that_cannot_hold_the_padding_value_is_a_value_error(mode: 
     assert np.isfinite(run(unpadded, pixels, y_pred, mode=mode))
 
 
+# ------------------------- 9. DETRLoss's targets (issue 17): class ids and box sizes
+
+COCO_K = 80  # a model of 80 classes, given COCO's category ids (1..90) unmapped
+GOOD_ROW = [0.5, 0.5, 0.2, 0.2, 3.0]  # center_xywh, class id
+# [6, 2, 5]: the second row of samples 0-4 is broken, sample 5 is good.
+DETR_TARGETS = f32(
+    [
+        [GOOD_ROW, [0.3, 0.3, 0.1, 0.1, 90.0]],  # a COCO id out of 0..79
+        [GOOD_ROW, [0.3, 0.3, 0.1, 0.1, 80.0]],  # K: the "no object" logit of softmax
+        [GOOD_ROW, [0.3, 0.3, 0.1, 0.1, -1.0]],  # -1 on a row whose box is real
+        [GOOD_ROW, [0.3, 0.3, 0.1, 0.1, 1.5]],  # a fractional id
+        [GOOD_ROW, [0.3, 0.3, -0.1, 0.1, 2.0]],  # a box of negative width
+        [GOOD_ROW, [0.3, 0.3, 0.1, 0.0, 79.0]],  # the last class, zero height: legal
+    ]
+)
+DETR_KINDS = {
+    "softmax": {"classification": "softmax"},
+    "focal": {"classification": "focal"},
+    "varifocal": {"classification": "varifocal"},
+    "mal": {"classification": "mal"},
+    "varifocal-denoising": {"classification": "varifocal", "denoising_groups": 1},
+}
+
+
+def detr_predictions(classification: str, queries: int) -> np.ndarray:
+    """`[6, queries, 4 + K (+ 1)]`: boxes near the targets, ordinary logits."""
+    rng = np.random.default_rng(7)
+    depth = 4 + COCO_K + (1 if classification == "softmax" else 0)
+    y_pred = rng.normal(size=(6, queries, depth)).astype("float32")
+    y_pred[..., :2] = rng.uniform(0.2, 0.8, size=(6, queries, 2))
+    y_pred[..., 2:4] = rng.uniform(0.05, 0.3, size=(6, queries, 2))
+    return y_pred
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", list(DETR_KINDS))
+def test_detr_broken_class_ids_and_boxes_make_their_sample_nan(kind: str, mode: str) -> None:
+    options = DETR_KINDS[kind]
+    loss = DETRLoss(reduction=None, **options)
+    queries = 2 * 2 * options.get("denoising_groups", 0) + 3  # G * 2M denoising, then N = 3
+    y_pred = detr_predictions(options["classification"], queries)
+    step = compile_for(with_grads(loss), mode)  # one compile for both batches
+    value, grad_true, grad_pred, indices = step(DETR_TARGETS, y_pred)
+    assert np.all(np.isnan(value[:5])) and np.isfinite(value[5]), value
+    np.testing.assert_array_equal(grad_true[:5], np.zeros_like(grad_true[:5]))
+    np.testing.assert_array_equal(grad_pred[:5], np.zeros_like(grad_pred[:5]))
+    assert np.all(np.isfinite(grad_pred[5])) and np.any(grad_pred[5])
+    np.testing.assert_array_equal(indices[:, 1] >= 0, [False] * 5 + [True])  # never matched
+    assert np.all(indices[:, 0] >= 0)
+    # The good sample trains as if the broken targets were not there.
+    fixed = DETR_TARGETS.copy()
+    fixed[:5, 1] = PAD
+    fixed_value, fixed_true, fixed_pred, _ = step(fixed, y_pred)
+    assert np.all(np.isfinite(fixed_value)), fixed_value
+    np.testing.assert_array_equal(value[5], fixed_value[5])
+    np.testing.assert_array_equal(grad_true[5], fixed_true[5])
+    np.testing.assert_array_equal(grad_pred[5], fixed_pred[5])
+
+
 # ------------------------------------------------------------------- the property test
 
 SPECIAL = [0.0, 1e-30, -1e-30, 1e20, -1e20, 3e38, -3e38, INF, -INF, NAN]
@@ -571,10 +630,13 @@ def property_step(name: str) -> Callable[..., tuple[np.ndarray, ...]]:
 
 
 @st.composite
-def extreme_batches(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+def extreme_batches(
+    draw: st.DrawFn, bad_class_ids: list[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """`y_true [B, M, 5]`, `y_pred [B, N, 4 + C]`: ordinary values with extreme ones mixed
     in (about one in five), and a random number of padding rows per sample. Target
-    boxes have ordinary sizes, or (one in ten) zero, negative or huge ones."""
+    boxes have ordinary sizes, or (one in ten) zero, negative or huge ones; class ids
+    are 0, 1 or 2, or (one in four, if given) one of `bad_class_ids`."""
 
     def mixed(base: np.ndarray, special: list[float], one_in: int) -> np.ndarray:
         extreme = draw(hnp.arrays("float32", base.shape, elements=st.sampled_from(special)))
@@ -592,6 +654,8 @@ def extreme_batches(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
     y_true = np.concatenate([corners, corners + sizes, corners[..., :1]], axis=-1)  # [B, M, 5]
     y_true = mixed(y_true, SPECIAL, 5)
     y_true[..., 4] = values((BATCH, M), st.sampled_from([0.0, 1.0, 2.0]))
+    if bad_class_ids:
+        y_true[..., 4] = mixed(y_true[..., 4], bad_class_ids, 4)
     y_pred = values((BATCH, N, 4 + CLASSES), box)
     counts = draw(hnp.arrays("int8", (BATCH,), elements=st.integers(0, M)))
     y_true[np.arange(M)[None, :] >= counts[:, None]] = PAD
@@ -672,3 +736,55 @@ def test_failure_policy_holds_for_every_builtin_cost(
 ) -> None:
     y_true, y_pred = batch
     check_policy(y_true, y_pred, property_step(name)(y_true, y_pred), name)
+
+
+# DETRLoss: class ids in and out of range, negative, fractional, huge; boxes in xyxy.
+DETR_PROPERTY_KINDS = {"softmax": CLASSES - 1, "focal": CLASSES}  # classification: K
+BAD_CLASS_IDS = [3.0, 90.0, -1.0, -2.0, 1.5, 0.5, 1e20]
+
+
+@functools.cache
+def detr_property_step(classification: str) -> Callable[..., tuple[np.ndarray, ...]]:
+    """Compiled once per kind: loss, gradients and matching of one batch."""
+    loss = DETRLoss(reduction=None, classification=classification, box_format="xyxy")
+    return compile_for(with_grads(loss), "compiled")  # type: ignore[no-any-return]
+
+
+def check_detr_policy(
+    y_true: np.ndarray, y_pred: np.ndarray, outputs: tuple[np.ndarray, ...], num_classes: int
+) -> None:
+    value, grad_true, grad_pred, indices = outputs
+    real = ~np.all(y_true == PAD, axis=-1)  # [B, M]
+    ids = y_true[..., 4]
+    with np.errstate(invalid="ignore"):
+        good_id = (ids == np.round(ids)) & (ids >= 0) & (ids <= num_classes - 1)
+        negative = (y_true[..., 2] < y_true[..., 0]) | (y_true[..., 3] < y_true[..., 1])
+    finite_true = np.all(np.isfinite(y_true), axis=-1)
+    invalid = real & (~finite_true | negative | ~good_id)  # [B, M]
+    for b in range(BATCH):
+        where = f"K={num_classes}, sample {b}: loss {value[b]}, indices {indices[b]}"
+        assert_is_matching(indices[b], N)
+        assert np.all(indices[b][~real[b] | invalid[b]] == -1), where
+        if invalid[b].any():  # a broken target: NaN
+            assert np.isnan(value[b]), where
+        elif not np.isnan(y_pred[b]).any():  # nothing else can make NaN
+            assert not np.isnan(value[b]), where
+        if np.isfinite(value[b]):
+            assert np.all(np.isfinite(grad_pred[b])) and np.all(np.isfinite(grad_true[b])), where
+        else:  # a broken sample adds no gradient
+            assert not np.any(grad_pred[b]) and not np.any(grad_true[b]), where
+
+
+@pytest.mark.parametrize("classification", list(DETR_PROPERTY_KINDS))
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(batch=extreme_batches(bad_class_ids=BAD_CLASS_IDS))
+def test_failure_policy_holds_for_detr_class_ids_and_boxes(
+    classification: str, batch: tuple[np.ndarray, np.ndarray]
+) -> None:
+    y_true, y_pred = batch
+    outputs = detr_property_step(classification)(y_true, y_pred)
+    check_detr_policy(y_true, y_pred, outputs, DETR_PROPERTY_KINDS[classification])

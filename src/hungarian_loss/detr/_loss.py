@@ -695,8 +695,9 @@ class DETRLoss(HungarianLoss):
         every_query = ops.concatenate([problems.denoising, problems.queries], axis=1)
         inf_query = ops.logical_not(ops.all(ops.isfinite(every_query), axis=(1, 2)))  # [P]
         nan_query = ops.any(ops.isnan(every_query), axis=(1, 2))  # [P]
+        broken = ops.any(problems.invalid, axis=1)  # [P]: NaN over the queries' inf
         loss = ops.where(inf_query, _INF, loss)
-        return ops.where(nan_query, _NAN, loss)
+        return ops.where(ops.logical_or(nan_query, broken), _NAN, loss)
 
     def _shape_indices(self, indices: Tensor, num_sets: int | None) -> Tensor:
         """`[P, M * k]` -> `[B, (S,) M (, k)]`."""
