@@ -32,8 +32,8 @@ BROKEN = {
     "coco_id": (1, 0, 4, 90.0, r"class id 90 is not in 0\.\.2.*COCO"),
     "minus_one_on_a_real_box": (2, 2, 4, -1.0, r"class id -1 is negative on a row whose box"),
     "fractional": (1, 1, 4, 1.5, r"class id 1\.5 is not an integer"),
-    "negative_width": (0, 0, 2, -0.2, r"negative width or height in 'center_xywh'.*width -0\.2"),
-    "negative_height": (2, 0, 3, -1e-6, r"negative width or height.*height -1e-06"),
+    "negative_width": (0, 0, 2, -0.2, r"a box of negative width .* in 'center_xywh' \(width -0\.2"),
+    "negative_height": (2, 0, 3, -1e-6, r"a box of negative width or height.*height -1e-06"),
     "nan": (1, 1, 0, np.nan, r"a non-finite value"),
     "inf": (2, 2, 3, np.inf, r"a non-finite value"),
 }
@@ -164,7 +164,7 @@ def test_dataset_details() -> None:
         output = io.StringIO()
         with contextlib.redirect_stdout(output):
             check_targets(padded_dataset(TARGETS, 1, "xy"), 3, "center_xywh", verbose=verbose)
-        assert ("3/3" in output.getvalue()) is shows, output.getvalue()
+        assert ("3/" in output.getvalue()) is shows, output.getvalue()  # 3 batches read
     # Unbatched samples [m, 5] are samples.
     unbatched = tf.data.Dataset.from_tensor_slices(TARGETS)
     assert check_targets(unbatched, 3, "center_xywh", verbose=0).samples == 3

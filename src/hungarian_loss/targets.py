@@ -345,11 +345,14 @@ def _dataset_batches(dataset: Any, target_key: str | None, verbose: int) -> Iter
             "`.take(n)` of it."
         )
     progress = keras.utils.Progbar(cardinality if cardinality >= 0 else None) if verbose else None
+    step = 0
     for step, element in enumerate(dataset.as_numpy_iterator(), start=1):
         targets = _pick_targets(element, target_key)
         yield targets[None] if targets.ndim == 2 else targets
         if progress is not None:
             progress.update(step)
+    if progress is not None:
+        progress.update(step, finalize=True)
 
 
 def _pick_targets(element: Any, target_key: str | None) -> np.ndarray:
