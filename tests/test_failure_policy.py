@@ -1,9 +1,11 @@
 """The failure policy of the loss and the costs: no silent failures on extreme inputs.
 
-One test per item of the issue "No silent failures" (huge finite values, NaN boxes,
-inf predictions, cost shapes, legal corner inputs, GIoU overflow, boundary checks),
-each eager and compiled (XLA), and a property test over every built-in cost. The
-policy itself is the table in docs/matching.md ("Failure policy").
+One test per item of the issues "No silent failures" (huge finite values, NaN boxes,
+inf predictions, cost shapes, legal corner inputs, GIoU overflow, boundary checks) and
+"No silent failures, part 2" (broken targets: non-finite values, boxes of negative
+size, rules added by subclasses, dtypes that cannot hold the padding), each eager and
+compiled (XLA), and a property test over every built-in cost. The policy itself is the
+table in docs/matching.md ("Failure policy").
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import keras
 import numpy as np
 import pytest
 import scipy.optimize
-from helpers import BACKEND, assert_is_matching, jit, to_numpy
+from helpers import BACKEND, assert_is_matching, jit, np_from_xyxy, to_numpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from keras import ops
 
-from hungarian_loss import HungarianLoss
+from hungarian_loss import DETRLoss, HungarianLoss
 from hungarian_loss.boxes import pairwise_ciou, pairwise_diou, pairwise_giou, pairwise_iou
 from hungarian_loss.costs import (
     CIoUCost,
@@ -251,7 +253,7 @@ def test_target_left_unmatched_because_of_inf_predictions_makes_the_loss_inf(mod
             [target, [PAD] * 4],  # one target, its only prediction is inf
             [target, target],  # two targets, one finite prediction
             [target, target],  # M > N: both predictions are needed, one is inf
-            [target, [INF, 0, 0, 0]],  # an inf target: broken data
+            [target, [INF, 0, 0, 0]],  # an inf target: broken data, NaN (issue 17)
         ]
     )
     y_pred = f32(
@@ -264,7 +266,7 @@ def test_target_left_unmatched_because_of_inf_predictions_makes_the_loss_inf(mod
     )
     for cost in ("l2", "giou"):
         value, _, _, indices = outcome(per_sample(cost=cost), y_true, y_pred, mode)
-        np.testing.assert_array_equal(value, [INF, INF, INF, INF], err_msg=str(cost))
+        np.testing.assert_array_equal(value, [INF, INF, INF, NAN], err_msg=str(cost))
         np.testing.assert_array_equal(indices, [[-1, -1], [0, -1], [0, -1], [0, -1]])
     # With more targets than predictions, a target left over is not a failure.
     value, *_ = outcome(per_sample(), y_true, y_pred[:, :1], mode)
@@ -411,13 +413,206 @@ def test_unknown_number_of_items_names_the_fix() -> None:
             jax.eval_shape(loss, y_true, y_pred)
 
 
+# ---------------------------------------- 8. broken targets (issue 17): NaN, no gradient
+
+GOOD = [0.1, 0.2, 0.5, 0.6]  # xyxy
+# [4, 2, 4] targets in xyxy: sample 0 has one box of negative width next to a good one.
+BROKEN_BOXES = f32(
+    [
+        [GOOD, [0.5, 0.2, 0.4, 0.6]],  # x2 < x1: broken
+        [GOOD, [0.3, 0.3, 0.3, 0.3]],  # zero size: degenerate but legal
+        [GOOD, [-1e30, -1e30, 1e30, 1e30]],  # huge: legal
+        [GOOD, [PAD] * 4],
+    ]
+)
+PREDICTIONS = f32([[[0.1, 0.2, 0.4, 0.5], [0.3, 0.3, 0.4, 0.4], [0.0, 0.0, 1.0, 1.0]]] * 4)
+
+
+def from_xyxy(boxes: np.ndarray, box_format: str) -> np.ndarray:
+    """Boxes (padding rows kept) in `box_format`."""
+    converted = np_from_xyxy(boxes, box_format)
+    return np.where(boxes == PAD, PAD, converted).astype("float32")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("cost", "box_format"),
+    [("giou", "xyxy"), ("iou", "yxyx"), ({"l1": 5.0, "giou": 2.0}, "center_xywh")],
+    ids=["giou-xyxy", "iou-yxyx", "detr-center_xywh"],
+)
+def test_negative_size_target_box_makes_its_sample_nan_with_no_gradient(
+    cost: Any, box_format: str, mode: str
+) -> None:
+    loss = per_sample(cost=cost, box_format=box_format)
+    step = compile_for(with_grads(loss), mode)  # one compile for both batches
+    y_true, y_pred = from_xyxy(BROKEN_BOXES, box_format), from_xyxy(PREDICTIONS, box_format)
+    value, grad_true, grad_pred, indices = step(y_true, y_pred)
+    assert np.isnan(value[0]) and np.all(np.isfinite(value[1:])), value
+    np.testing.assert_array_equal(grad_true[0], np.zeros((2, 4)))
+    np.testing.assert_array_equal(grad_pred[0], np.zeros((3, 4)))
+    assert np.all(np.isfinite(grad_true[1:])) and np.all(np.isfinite(grad_pred[1:]))
+    assert indices[0, 1] == -1 and indices[0, 0] >= 0  # the broken box is never matched
+    assert np.all(indices[1:3] >= 0)
+    # The rest of the batch trains as if the broken sample were not there.
+    fixed = y_true.copy()
+    fixed[0, 1] = PAD
+    fixed_value, fixed_true, fixed_pred, _ = step(fixed, y_pred)
+    np.testing.assert_array_equal(value[1:], fixed_value[1:])
+    np.testing.assert_array_equal(grad_true[1:], fixed_true[1:])
+    np.testing.assert_array_equal(grad_pred[1:], fixed_pred[1:])
+    assert np.isfinite(fixed_value[0]) and np.any(fixed_pred[0])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_negative_size_is_no_rule_for_a_cost_that_does_not_read_boxes(mode: str) -> None:
+    # "l2" reads vectors: [0.5, 0.2, 0.4, 0.6] is four numbers, not a box.
+    y_true, y_pred = BROKEN_BOXES[:2], PREDICTIONS[:2]
+    value, _, grad, indices = outcome(per_sample(cost="l2"), y_true, y_pred, mode)
+    assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad)), value
+    assert np.all(indices >= 0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_non_finite_target_value_makes_its_sample_nan_with_no_gradient(mode: str) -> None:
+    y_true = f32(
+        [
+            [GOOD, [0.1, INF, 0.5, 0.6]],
+            [GOOD, [0.1, 0.2, -INF, 0.6]],
+            [GOOD, [0.1, 0.2, 0.5, NAN]],
+            [GOOD, [PAD] * 4],
+        ]
+    )
+    for cost in ("l2", "giou"):
+        value, grad_true, grad_pred, indices = outcome(
+            per_sample(cost=cost), y_true, PREDICTIONS, mode
+        )
+        assert np.all(np.isnan(value[:3])) and np.isfinite(value[3]), (cost, value)
+        assert not np.any(grad_true[:3]) and not np.any(grad_pred[:3]), cost
+        assert np.all(np.isfinite(grad_pred[3])) and np.any(grad_pred[3]), cost
+        np.testing.assert_array_equal(indices[:, 1], [-1, -1, -1, -1])
+
+
+class NonNegativeChannels(HungarianLoss):
+    """A rule of a layout of our own: every channel of a real target is >= 0."""
+
+    def invalid_targets(self, y_true: Any, y_pred: Any) -> Any:
+        negative = ops.any(y_true < 0.0, axis=-1)  # flags the padding rows too
+        return ops.logical_or(super().invalid_targets(y_true, y_pred), negative)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_invalid_targets_is_an_extension_point(mode: str) -> None:
+    y_true = f32([[GOOD, [0.1, -0.2, 0.5, 0.6]], [GOOD, [PAD] * 4]])  # [2, 2, 4]
+    y_pred = PREDICTIONS[:2]
+    loss = NonNegativeChannels(reduction=None)
+    value, grad_true, grad_pred, indices = outcome(loss, y_true, y_pred, mode)
+    assert np.isnan(value[0]) and np.isfinite(value[1]), value  # padding rows are not targets
+    assert not np.any(grad_true[0]) and not np.any(grad_pred[0])
+    np.testing.assert_array_equal(indices[:, 1], [-1, -1])
+    # Sets and one-to-many matching see the rule per problem.
+    sets = np.stack([y_pred, y_pred[:, ::-1]], axis=1)  # [2, 2, 3, 4]
+    loss = NonNegativeChannels(reduction=None, matches_per_target=2)
+    value, *_ = outcome(loss, y_true, sets, mode)
+    assert np.isnan(value[0]) and np.isfinite(value[1]), value
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_invalid_targets_of_the_wrong_shape_is_a_value_error(mode: str) -> None:
+    class PerSample(HungarianLoss):
+        def invalid_targets(self, y_true: Any, y_pred: Any) -> Any:
+            return ops.any(y_true < 0.0, axis=(1, 2))  # [B], not [B, M]
+
+    with pytest.raises(ValueError, match=r"invalid_targets.*\(2, 2\).*Received: shape=\(2,\)"):
+        run(PerSample(), BROKEN_BOXES[:2], PREDICTIONS[:2], mode=mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_target_dtype_that_cannot_hold_the_padding_value_is_a_value_error(mode: str) -> None:
+    y_pred = PREDICTIONS[:1]
+    pixels = np.array([[[10, 20, 50, 60], [255, 255, 255, 255]]], dtype="uint8")  # -1 wrapped
+    loss = HungarianLoss()
+    for fn in (loss, loss.call, loss.match):
+        with pytest.raises(ValueError, match=r"y_true\.dtype=uint8.*float32.*padding_value"):
+            run(fn, pixels, y_pred, mode=mode)
+    with pytest.raises(ValueError, match=r"padding_value=-0\.5.*y_true\.dtype=int32"):
+        run(HungarianLoss(padding_value=-0.5), pixels.astype("int32"), y_pred, mode=mode)
+    # Integer targets that can hold it are fine, and so is uint8 without padding.
+    expected = run(loss, pixels.astype("float32"), y_pred, mode=mode)
+    assert np.isfinite(expected)
+    for dtype in ("int32", "int16"):
+        np.testing.assert_array_equal(run(loss, pixels.astype(dtype), y_pred, mode=mode), expected)
+    unpadded = HungarianLoss(padding_value=None)
+    assert np.isfinite(run(unpadded, pixels, y_pred, mode=mode))
+
+
+# ------------------------- 9. DETRLoss's targets (issue 17): class ids and box sizes
+
+COCO_K = 80  # a model of 80 classes, given COCO's category ids (1..90) unmapped
+GOOD_ROW = [0.5, 0.5, 0.2, 0.2, 3.0]  # center_xywh, class id
+# [6, 2, 5]: the second row of samples 0-4 is broken, sample 5 is good.
+DETR_TARGETS = f32(
+    [
+        [GOOD_ROW, [0.3, 0.3, 0.1, 0.1, 90.0]],  # a COCO id out of 0..79
+        [GOOD_ROW, [0.3, 0.3, 0.1, 0.1, 80.0]],  # K: the "no object" logit of softmax
+        [GOOD_ROW, [0.3, 0.3, 0.1, 0.1, -1.0]],  # -1 on a row whose box is real
+        [GOOD_ROW, [0.3, 0.3, 0.1, 0.1, 1.5]],  # a fractional id
+        [GOOD_ROW, [0.3, 0.3, -0.1, 0.1, 2.0]],  # a box of negative width
+        [GOOD_ROW, [0.3, 0.3, 0.1, 0.0, 79.0]],  # the last class, zero height: legal
+    ]
+)
+DETR_KINDS = {
+    "softmax": {"classification": "softmax"},
+    "focal": {"classification": "focal"},
+    "varifocal": {"classification": "varifocal"},
+    "mal": {"classification": "mal"},
+    "varifocal-denoising": {"classification": "varifocal", "denoising_groups": 1},
+}
+
+
+def detr_predictions(classification: str, queries: int) -> np.ndarray:
+    """`[6, queries, 4 + K (+ 1)]`: boxes near the targets, ordinary logits."""
+    rng = np.random.default_rng(7)
+    depth = 4 + COCO_K + (1 if classification == "softmax" else 0)
+    y_pred = rng.normal(size=(6, queries, depth)).astype("float32")
+    y_pred[..., :2] = rng.uniform(0.2, 0.8, size=(6, queries, 2))
+    y_pred[..., 2:4] = rng.uniform(0.05, 0.3, size=(6, queries, 2))
+    return y_pred
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", list(DETR_KINDS))
+def test_detr_broken_class_ids_and_boxes_make_their_sample_nan(kind: str, mode: str) -> None:
+    options = DETR_KINDS[kind]
+    loss = DETRLoss(reduction=None, **options)
+    queries = 2 * 2 * options.get("denoising_groups", 0) + 3  # G * 2M denoising, then N = 3
+    y_pred = detr_predictions(options["classification"], queries)
+    step = compile_for(with_grads(loss), mode)  # one compile for both batches
+    value, grad_true, grad_pred, indices = step(DETR_TARGETS, y_pred)
+    assert np.all(np.isnan(value[:5])) and np.isfinite(value[5]), value
+    np.testing.assert_array_equal(grad_true[:5], np.zeros_like(grad_true[:5]))
+    np.testing.assert_array_equal(grad_pred[:5], np.zeros_like(grad_pred[:5]))
+    assert np.all(np.isfinite(grad_pred[5])) and np.any(grad_pred[5])
+    np.testing.assert_array_equal(indices[:, 1] >= 0, [False] * 5 + [True])  # never matched
+    assert np.all(indices[:, 0] >= 0)
+    # The good sample trains as if the broken targets were not there.
+    fixed = DETR_TARGETS.copy()
+    fixed[:5, 1] = PAD
+    fixed_value, fixed_true, fixed_pred, _ = step(fixed, y_pred)
+    assert np.all(np.isfinite(fixed_value)), fixed_value
+    np.testing.assert_array_equal(value[5], fixed_value[5])
+    np.testing.assert_array_equal(grad_true[5], fixed_true[5])
+    np.testing.assert_array_equal(grad_pred[5], fixed_pred[5])
+
+
 # ------------------------------------------------------------------- the property test
 
 SPECIAL = [0.0, 1e-30, -1e-30, 1e20, -1e20, 3e38, -3e38, INF, -INF, NAN]
+SIZES = [0.0, -1e-3, -1.0, 1e20, 3e38]  # box widths and heights: zero, negative, huge
 BATCH, M, N, CLASSES = 8, 4, 3, 3  # M > N; padding rows make M <= N too
 
-# Layout: y_true = [box (4), class id], y_pred = [box (4), CLASSES logits].
+# Layout: y_true = [box (4), class id], y_pred = [box (4), CLASSES logits]; boxes in xyxy.
 BOX = [0, 4]
+READS_BOXES = {"iou", "giou", "weighted"}  # a target box of negative size is invalid there
 PROPERTY_COSTS = {
     "l1": L1Cost(channels=BOX),
     "l2": L2Cost(channels=BOX),
@@ -447,19 +642,32 @@ def property_step(name: str) -> Callable[..., tuple[np.ndarray, ...]]:
 
 
 @st.composite
-def extreme_batches(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+def extreme_batches(
+    draw: st.DrawFn, bad_class_ids: list[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """`y_true [B, M, 5]`, `y_pred [B, N, 4 + C]`: ordinary values with extreme ones mixed
-    in (about one in five), and a random number of padding rows per sample."""
+    in (about one in five), and a random number of padding rows per sample. Target
+    boxes have ordinary sizes, or (one in ten) zero, negative or huge ones; class ids
+    are 0, 1 or 2, or (one in four, if given) one of `bad_class_ids`."""
 
-    def values(shape: tuple[int, ...], ordinary: st.SearchStrategy[float]) -> np.ndarray:
-        base = draw(hnp.arrays("float32", shape, elements=ordinary))
-        extreme = draw(hnp.arrays("float32", shape, elements=st.sampled_from(SPECIAL)))
-        which = draw(hnp.arrays("int8", shape, elements=st.integers(0, 4)))
+    def mixed(base: np.ndarray, special: list[float], one_in: int) -> np.ndarray:
+        extreme = draw(hnp.arrays("float32", base.shape, elements=st.sampled_from(special)))
+        which = draw(hnp.arrays("int8", base.shape, elements=st.integers(0, one_in - 1)))
         return np.where(which == 0, extreme, base).astype("float32")
 
+    def values(shape: tuple[int, ...], ordinary: st.SearchStrategy[float]) -> np.ndarray:
+        return mixed(draw(hnp.arrays("float32", shape, elements=ordinary)), SPECIAL, 5)
+
     box = st.floats(-2.0, 2.0, width=32)
-    y_true = values((BATCH, M, 5), box)
+    corners = draw(hnp.arrays("float32", (BATCH, M, 2), elements=box))
+    size = st.floats(0.0, 2.0, width=32)
+    ordinary_sizes = draw(hnp.arrays("float32", (BATCH, M, 2), elements=size))
+    sizes = mixed(ordinary_sizes, SIZES, 10)
+    y_true = np.concatenate([corners, corners + sizes, corners[..., :1]], axis=-1)  # [B, M, 5]
+    y_true = mixed(y_true, SPECIAL, 5)
     y_true[..., 4] = values((BATCH, M), st.sampled_from([0.0, 1.0, 2.0]))
+    if bad_class_ids:
+        y_true[..., 4] = mixed(y_true[..., 4], bad_class_ids, 4)
     y_pred = values((BATCH, N, 4 + CLASSES), box)
     counts = draw(hnp.arrays("int8", (BATCH,), elements=st.integers(0, M)))
     y_true[np.arange(M)[None, :] >= counts[:, None]] = PAD
@@ -481,6 +689,10 @@ def check_policy(
     real = ~np.all(y_true == PAD, axis=-1)  # [B, M]
     finite_true = np.all(np.isfinite(y_true), axis=-1)  # [B, M]
     finite_pred = np.all(np.isfinite(y_pred), axis=-1)  # [B, N]
+    valid_true = finite_true.copy()  # [B, M]: the targets no rule of the data flags
+    if name in READS_BOXES:
+        negative = (y_true[..., 2] < y_true[..., 0]) | (y_true[..., 3] < y_true[..., 1])
+        valid_true &= ~negative
     for b in range(BATCH):
         where = f"{name}, sample {b}: loss {value[b]}, indices {indices[b]}"
         # The matching is a valid partial matching of real targets on allowed pairs only ...
@@ -488,7 +700,7 @@ def check_policy(
         assert np.all(indices[b][~real[b]] == -1), where
         allowed = (
             real[b][:, None]
-            & finite_true[b][:, None]
+            & valid_true[b][:, None]
             & finite_pred[b][None, :]
             & np.isfinite(cost[b])
         )  # [M, N]
@@ -496,12 +708,13 @@ def check_policy(
         assert np.all(allowed[rows, indices[b][rows]]), where
         # ... and matches as many targets as the allowed pairs can.
         assert len(rows) == max_matching(allowed), where
-        # Non-finite input on a matched or forced pair => non-finite loss.
-        nan_input = np.isnan(y_true[b][real[b]]).any() or (
+        # A broken real target, or NaN in a prediction or a usable cost => NaN; a target
+        # left unmatched although it could be => inf.
+        nan_input = (~valid_true[b] & real[b]).any() or (
             real[b].any() and np.isnan(y_pred[b]).any()
         )
-        nan_cost = np.isnan(cost[b][real[b][:, None] & finite_true[b][:, None] & finite_pred[b]])
-        forced = (~finite_true[b] & real[b]).any() or len(rows) < min(real[b].sum(), N)
+        nan_cost = np.isnan(cost[b][real[b][:, None] & valid_true[b][:, None] & finite_pred[b]])
+        forced = len(rows) < min(real[b].sum(), N)
         if nan_input or nan_cost.any():
             assert np.isnan(value[b]), where
         elif forced:
@@ -535,3 +748,55 @@ def test_failure_policy_holds_for_every_builtin_cost(
 ) -> None:
     y_true, y_pred = batch
     check_policy(y_true, y_pred, property_step(name)(y_true, y_pred), name)
+
+
+# DETRLoss: class ids in and out of range, negative, fractional, huge; boxes in xyxy.
+DETR_PROPERTY_KINDS = {"softmax": CLASSES - 1, "focal": CLASSES}  # classification: K
+BAD_CLASS_IDS = [3.0, 90.0, -1.0, -2.0, 1.5, 0.5, 1e20]
+
+
+@functools.cache
+def detr_property_step(classification: str) -> Callable[..., tuple[np.ndarray, ...]]:
+    """Compiled once per kind: loss, gradients and matching of one batch."""
+    loss = DETRLoss(reduction=None, classification=classification, box_format="xyxy")
+    return compile_for(with_grads(loss), "compiled")  # type: ignore[no-any-return]
+
+
+def check_detr_policy(
+    y_true: np.ndarray, y_pred: np.ndarray, outputs: tuple[np.ndarray, ...], num_classes: int
+) -> None:
+    value, grad_true, grad_pred, indices = outputs
+    real = ~np.all(y_true == PAD, axis=-1)  # [B, M]
+    ids = y_true[..., 4]
+    with np.errstate(invalid="ignore"):
+        good_id = (ids == np.round(ids)) & (ids >= 0) & (ids <= num_classes - 1)
+        negative = (y_true[..., 2] < y_true[..., 0]) | (y_true[..., 3] < y_true[..., 1])
+    finite_true = np.all(np.isfinite(y_true), axis=-1)
+    invalid = real & (~finite_true | negative | ~good_id)  # [B, M]
+    for b in range(BATCH):
+        where = f"K={num_classes}, sample {b}: loss {value[b]}, indices {indices[b]}"
+        assert_is_matching(indices[b], N)
+        assert np.all(indices[b][~real[b] | invalid[b]] == -1), where
+        if invalid[b].any():  # a broken target: NaN
+            assert np.isnan(value[b]), where
+        elif not np.isnan(y_pred[b]).any():  # nothing else can make NaN
+            assert not np.isnan(value[b]), where
+        if np.isfinite(value[b]):
+            assert np.all(np.isfinite(grad_pred[b])) and np.all(np.isfinite(grad_true[b])), where
+        else:  # a broken sample adds no gradient
+            assert not np.any(grad_pred[b]) and not np.any(grad_true[b]), where
+
+
+@pytest.mark.parametrize("classification", list(DETR_PROPERTY_KINDS))
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(batch=extreme_batches(bad_class_ids=BAD_CLASS_IDS))
+def test_failure_policy_holds_for_detr_class_ids_and_boxes(
+    classification: str, batch: tuple[np.ndarray, np.ndarray]
+) -> None:
+    y_true, y_pred = batch
+    outputs = detr_property_step(classification)(y_true, y_pred)
+    check_detr_policy(y_true, y_pred, outputs, DETR_PROPERTY_KINDS[classification])

@@ -1,8 +1,8 @@
 """Exact, batched Hungarian matching and set-prediction losses for Keras 3.
 
-The public face: the solver, the loss (class and function), the DETR criterion, and the
-costs, box utilities and denoising queries as submodules (`hungarian_loss.costs`,
-`hungarian_loss.boxes`, `hungarian_loss.denoising`).
+The public face: the solver, the loss (class and function), the DETR criterion, the
+target checker, and the costs, box utilities and denoising queries as submodules
+(`hungarian_loss.costs`, `hungarian_loss.boxes`, `hungarian_loss.denoising`).
 """
 
 from hungarian_loss import boxes, costs, denoising
@@ -10,14 +10,17 @@ from hungarian_loss.assignment import linear_sum_assignment
 from hungarian_loss.costs import PairwiseCost, WeightedCost, get_cost, register_cost
 from hungarian_loss.detr import DETRLoss, DETRLossTerm
 from hungarian_loss.loss import HungarianLoss, hungarian_loss
+from hungarian_loss.targets import TargetSummary, check_targets
 
 __all__ = [
     "DETRLoss",
     "DETRLossTerm",
     "HungarianLoss",
     "PairwiseCost",
+    "TargetSummary",
     "WeightedCost",
     "boxes",
+    "check_targets",
     "costs",
     "denoising",
     "get_cost",

@@ -109,6 +109,11 @@ class PairwiseCost:
         [[[1. 1. 1.]]]
     """
 
+    reads_boxes: bool = False
+    """Whether the cost reads boxes: then it has `box_format` and `channels` (the four
+    box channels, `[start, stop]`), and `HungarianLoss` treats a target box of negative
+    width or height there as invalid data (see `HungarianLoss.invalid_targets`)."""
+
     def __call__(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         """Computes the cost of every pair.
 
@@ -282,6 +287,8 @@ class L2Cost(_VectorCost):
 
 class _BoxCost(PairwiseCost):
     """A cost of two sets of boxes, read from four channels in `box_format`."""
+
+    reads_boxes = True
 
     def __init__(
         self, box_format: str = "xyxy", channels: Sequence[int | None] | None = (0, 4)

@@ -13,12 +13,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from hungarian_loss import _backend
 from hungarian_loss import boxes as box_lib
 from hungarian_loss.assignment import linear_sum_assignment
-from hungarian_loss.costs import get_cost, serialize_cost
+from hungarian_loss.costs import WeightedCost, get_cost, serialize_cost
 
 __all__ = ["HungarianLoss", "hungarian_loss"]
 
@@ -54,12 +55,15 @@ class HungarianLoss(keras.losses.Loss):
     [How the matching works: Failure policy](../matching.md#failure-policy)):
 
     - A finite loss has finite gradients.
-    - A target or prediction with a non-finite value is never matched. A sample whose
-      real targets are not all matched although predictions are available (at most
-      `N` of them can be), or that has a real target with `inf`, has loss `inf`; `NaN`
-      in a real target, in a prediction or in a cost of a real target gives `NaN`.
-      Such a sample adds nothing to the gradients; `keras.callbacks.TerminateOnNaN`
-      and NaN guards see its loss.
+    - A real target that breaks a rule of the data (`invalid_targets`: a non-finite
+      value, or, when the cost reads boxes, a box of negative width or height) is
+      never matched and makes its sample's loss `NaN`. `NaN` in a prediction or in a
+      cost of a real target gives `NaN` too. A sample whose valid real targets are not
+      all matched although predictions are available (at most `N` of them can be),
+      because of non-finite predictions or costs, has loss `inf`. Such a sample adds
+      nothing to the gradients, the rest of the batch trains normally;
+      `keras.callbacks.TerminateOnNaN` and NaN guards see its loss, and
+      `hungarian_loss.check_targets` finds the broken target in the data.
     - The built-in costs do not overflow where the true value is representable.
 
     Several prediction sets: `y_pred [B, S, N, D]` holds S sets of N predictions per
@@ -82,10 +86,13 @@ class HungarianLoss(keras.losses.Loss):
       `matched_cost` (a cost on the matched pairs, with gradients), `gather_matched`
       and `unmatched_predictions` to add a classification term and a "no object"
       term, as in DETR.
+    - `invalid_targets(y_true, y_pred) -> [B, M]`: the data rules a real target must
+      follow (True where it breaks one); override it, calling `super()`, to add
+      rules of your layout, such as a class id in range.
 
-    Both see one matching problem per row: with sets, `B * S` rows (the targets tiled
-    per set); with `matches_per_target=k`, `M * k` targets per row (each repeated k
-    times).
+    They see one matching problem per row: with sets, `B * S` rows (the targets tiled
+    per set); with `matches_per_target=k`, `matched_loss` sees `M * k` targets per
+    row (each repeated k times), the other two `M`.
 
     Args:
         cost: The pairwise cost: a name (`"l2"`, `"l1"`, `"squared_l2"`, `"iou"`,
@@ -112,8 +119,9 @@ class HungarianLoss(keras.losses.Loss):
     Raises:
         ValueError: for an unknown cost or box format, invalid weights, an invalid
             `matches_per_target` or `set_weights`, or an invalid reduction; at trace
-            time for inputs of the wrong rank or sizes, an unknown number of items, or a
-            cost whose output is not `[B, M, N]`.
+            time for inputs of the wrong rank or sizes, an unknown number of items, a
+            `y_true` whose dtype cannot hold `padding_value` (say, `uint8` with -1), or
+            a cost whose output is not `[B, M, N]`.
 
     Examples:
         The upstream worked example: two true and two predicted boxes.
@@ -227,6 +235,42 @@ class HungarianLoss(keras.losses.Loss):
         # Divided before the sum, so that the mean does not overflow where it is finite.
         return ops.sum(pair_cost / ops.maximum(count, 1.0), axis=1)
 
+    def invalid_targets(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """Mask `[B, M]` of bool: True for targets that break a rule of the data.
+
+        A real target flagged here is never matched, and its sample's loss is `NaN`
+        with no gradient (the failure policy): training on it would learn from a
+        target that does not exist. The caller ANDs the mask with `target_mask`, so
+        padding rows may be flagged or not. The rules:
+
+        - a non-finite value (`NaN`, `inf`) in any channel;
+        - when the cost reads boxes (`"iou"`, `"giou"`, a `WeightedCost` with one, or
+          any cost whose `reads_boxes` is True), a box of negative width or height in
+          that cost's `box_format` and channels: `x2 < x1` or `y2 < y1` in `"xyxy"`, a
+          negative `w` or `h` in `"center_xywh"`. Boxes of zero size are legal.
+
+        Override it to add rules of your layout, with `super()` for these ones
+        (`DETRLoss` adds the class id). Use `hungarian_loss.check_targets` to find the
+        broken targets of a data set.
+
+        Args:
+            y_true: Targets `[B, M, D_true]`, one matching problem per row (as
+                `pairwise_cost` sees them).
+            y_pred: Predictions `[B, N, D_pred]`, for rules that depend on them (say,
+                the number of classes).
+
+        Returns:
+            bool tensor `[B, M]`.
+        """
+        del y_pred  # the default rules read the targets only
+        invalid = ops.logical_not(_finite_rows(y_true))  # [B, M]
+        for box_format, channels in _box_readers(self.cost_fn):
+            start, stop = channels if channels is not None else (None, None)
+            boxes = y_true[:, :, start:stop]  # [B, M, 4]
+            if boxes.shape[-1] == 4:  # otherwise the cost itself raises
+                invalid = ops.logical_or(invalid, _negative_size(boxes, box_format))
+        return invalid
+
     # ----- helpers for subclasses ------------------------------------------------------------
 
     def matched_cost(
@@ -331,7 +375,7 @@ class HungarianLoss(keras.losses.Loss):
         y_true, y_pred, num_sets = self._flatten_sets(y_true, y_pred)
         num_targets = y_true.shape[1]
         target_mask = self.target_mask(y_true)
-        cost = self._matching_cost(y_true, y_pred)  # [B * S, M, N], without gradient
+        cost, _ = self._matching_cost(y_true, y_pred)  # [B * S, M, N], without gradient
         _, target_mask, cost = self._repeat_targets(y_true, target_mask, cost)
         indices = self._solve(cost, target_mask)  # [B * S, M * k]
         if self.matches_per_target > 1:
@@ -346,12 +390,13 @@ class HungarianLoss(keras.losses.Loss):
         y_true, y_pred = self._prepare(y_true, y_pred)
         # S sets of predictions: B * S problems, one solver call; rows below are problems.
         y_true, y_pred, num_sets = self._flatten_sets(y_true, y_pred)
-        target_mask = self.target_mask(y_true)  # [B, M]
-        cost = self._matching_cost(y_true, y_pred)  # [B, M, N], without gradient
-        y_true, target_mask, cost = self._repeat_targets(y_true, target_mask, cost)
-        indices = self._solve(cost, target_mask)  # [B, M]
+        real = self.target_mask(y_true)  # [B, M]
+        cost, invalid = self._matching_cost(y_true, y_pred)  # [B, M, N] without gradient, [B, M]
+        y_true, target_mask, cost = self._repeat_targets(y_true, real, cost)
+        indices = self._solve(cost, target_mask)  # [B, M]; checks the mask's shape
+        broken = ops.any(ops.logical_and(invalid, real), axis=1)  # [B]: a real target is invalid
         loss = self.matched_loss(y_true, y_pred, indices, target_mask)  # [B]
-        loss = _failure_policy(loss, y_true, y_pred, cost, indices, target_mask)
+        loss = _failure_policy(loss, y_pred, cost, indices, target_mask, broken)
         return self._reduce_sets(loss, num_sets)
 
     # ----- several prediction sets and one-to-many matching ----------------------------------
@@ -416,18 +461,35 @@ class HungarianLoss(keras.losses.Loss):
 
     # ----- the boundary: inputs, costs and masks are checked here ---------------------------
 
-    def _matching_cost(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
-        """The cost to match with, `[B, M, N]`, without gradient.
+    def _matching_cost(self, y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor]:
+        """The cost to match with, `[B, M, N]`, without gradient, and the invalid targets.
 
-        `inf` (a forbidden pair) where the target or the prediction has a non-finite
+        The cost is `inf` (a forbidden pair) where the target is invalid (a non-finite
+        value, or a rule of `invalid_targets`) or the prediction has a non-finite
         value. The loss recomputes the cost of the matched pairs with gradients.
+        Returns the cost and the bool mask `[B, M]` of invalid targets (padding rows
+        included: AND it with the target mask).
         """
         y_true, y_pred = ops.stop_gradient(y_true), ops.stop_gradient(y_pred)
         label = self._cost_label(self.pairwise_cost)
         cost = _checked_cost(self.pairwise_cost, y_true, y_pred, label)  # [B, M, N]
-        finite_true, finite_pred = _finite_rows(y_true), _finite_rows(y_pred)  # [B, M], [B, N]
-        usable = ops.logical_and(finite_true[:, :, None], finite_pred[:, None, :])  # [B, M, N]
-        return ops.where(usable, cost, _INF)
+        invalid = self._checked_invalid_targets(y_true, y_pred)  # [B, M]
+        # Non-finite targets stay unmatched even if an override forgets the rule.
+        invalid = ops.logical_or(invalid, ops.logical_not(_finite_rows(y_true)))
+        finite_pred = _finite_rows(y_pred)  # [B, N]
+        usable = ops.logical_and(ops.logical_not(invalid)[:, :, None], finite_pred[:, None, :])
+        return ops.where(usable, cost, _INF), invalid
+
+    def _checked_invalid_targets(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """`invalid_targets`, checked to be one bool per target: `[B, M]`."""
+        invalid = ops.convert_to_tensor(self.invalid_targets(y_true, y_pred))
+        expected, shape = tuple(y_true.shape[:2]), tuple(invalid.shape)
+        if len(shape) != 2 or not _same_known(shape, expected):
+            raise ValueError(
+                f"Expected `invalid_targets` to return one bool per target: shape [B, M] = "
+                f"{expected} for y_true.shape={tuple(y_true.shape)}. Received: shape={shape}"
+            )
+        return ops.cast(invalid, "bool")
 
     def _cost_label(self, cost: Any) -> str:
         """How error messages name a cost: the constructor's cost, or the callable."""
@@ -446,7 +508,17 @@ class HungarianLoss(keras.losses.Loss):
             )
         return linear_sum_assignment(cost, row_mask=target_mask)
 
+    def __call__(self, y_true: Tensor, y_pred: Tensor, sample_weight: Tensor = None) -> Tensor:
+        """The reduced loss (Keras's `Loss.__call__`), with the dtype of `y_true` checked.
+
+        Keras casts both inputs to the loss's dtype before `call`; the check sees the
+        dtype they came with.
+        """
+        _check_true_dtype(y_true, self.padding_value)
+        return super().__call__(y_true, y_pred, sample_weight=sample_weight)
+
     def _prepare(self, y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor]:
+        _check_true_dtype(y_true, self.padding_value)
         y_pred = _to_tensor(y_pred)
         y_true = ops.cast(_to_tensor(y_true), y_pred.dtype)
         for arg, tensor in (("y_true", y_true), ("y_pred", y_pred)):
@@ -511,30 +583,28 @@ def _standardize_set_weights(set_weights: Any) -> tuple[float, ...] | None:
 
 def _failure_policy(
     loss: Tensor,
-    y_true: Tensor,
     y_pred: Tensor,
     cost: Tensor,
     indices: Tensor,
     target_mask: Tensor,
+    broken: Tensor,
 ) -> Tensor:
     """The per-sample `loss [B]`, made `inf` or `NaN` where the sample is broken.
 
-    `inf`: a real target has a non-finite value, or fewer real targets are matched
-    than could be (`min(real targets, N)`: the solver matches as many as the finite
-    costs allow). `NaN` (over `inf`): `NaN` in a real target, in a prediction of a
-    sample with a real target, or in the cost of a real target.
+    `inf`: fewer real targets are matched than could be (`min(real targets, N)`: the
+    solver matches as many as the finite costs allow). `NaN` (over `inf`): a real
+    target is invalid (`broken [B]`: a non-finite value or a rule of
+    `invalid_targets`), or `NaN` in a prediction of a sample with a real target, or in
+    the cost of a real target. The `where` passes no gradient to such a sample's loss.
     """
     num_predictions = y_pred.shape[1]
     has_target = ops.any(target_mask, axis=1)  # [B]
-    nan_true = ops.any(ops.logical_and(_nan_rows(y_true), target_mask), axis=1)  # [B]
     nan_pred = ops.logical_and(ops.any(_nan_rows(y_pred), axis=1), has_target)  # [B]
     nan_cost = ops.any(ops.logical_and(ops.isnan(cost), target_mask[:, :, None]), axis=(1, 2))
-    is_nan = ops.logical_or(ops.logical_or(nan_true, nan_pred), nan_cost)  # [B]
-    bad_true = ops.logical_and(ops.logical_not(_finite_rows(y_true)), target_mask)  # [B, M]
+    is_nan = ops.logical_or(ops.logical_or(broken, nan_pred), nan_cost)  # [B]
     matched = ops.sum(ops.cast(indices >= 0, "int32"), axis=1)  # [B]
     matchable = ops.minimum(ops.sum(ops.cast(target_mask, "int32"), axis=1), num_predictions)
-    is_inf = ops.logical_or(ops.any(bad_true, axis=1), matched < matchable)  # [B]
-    loss = ops.where(is_inf, _INF, loss)
+    loss = ops.where(matched < matchable, _INF, loss)
     return ops.where(is_nan, _NAN, loss)
 
 
@@ -566,6 +636,58 @@ def _checked_cost(
             f"and y_pred.shape={tuple(y_pred.shape)}. Received: shape={shape}"
         )
     return values
+
+
+def _box_readers(cost: Any) -> list[tuple[str, tuple[int, int | None] | None]]:
+    """`(box_format, channels)` of every box cost that `cost` computes (weight > 0)."""
+    if isinstance(cost, WeightedCost):
+        return [
+            reader for term, weight in cost.terms if weight != 0.0 for reader in _box_readers(term)
+        ]
+    if getattr(cost, "reads_boxes", False):
+        return [(cost.box_format, cost.channels)]
+    return []
+
+
+def _negative_size(boxes: Tensor, box_format: str) -> Tensor:
+    """`[B, M]`: True where a box `[B, M, 4]` in `box_format` has a negative width or height.
+
+    Compared in the box's own format: a corner format by its corners (no subtraction,
+    which could overflow), a size format by its sizes. `NaN` compares as False.
+    """
+    if box_format in ("xyxy", "yxyx"):
+        return ops.any(boxes[:, :, 2:] < boxes[:, :, :2], axis=-1)
+    return ops.any(boxes[:, :, 2:] < 0.0, axis=-1)  # xywh, center_xywh, center_yxhw
+
+
+def _check_true_dtype(y_true: Any, padding_value: float | None) -> None:
+    """Raises if `y_true` has an integer (or bool) dtype that cannot hold `padding_value`.
+
+    Keras casts `y_true` to the loss's float dtype before `call`: a `uint8` tensor that
+    was meant to hold -1 has 255 there, and its padding rows become targets.
+    """
+    dtype = getattr(y_true, "dtype", None)
+    if dtype is None or padding_value is None:
+        return
+    name = keras.backend.standardize_dtype(dtype)
+    if name == "bool":
+        low, high = 0, 1
+    elif "int" in name:
+        info = np.iinfo(name)
+        low, high = int(info.min), int(info.max)
+    else:
+        return
+    representable = math.isfinite(padding_value) and padding_value.is_integer()
+    if representable and low <= padding_value <= high:
+        return
+    raise ValueError(
+        f"Expected `y_true` of a dtype that can hold padding_value={padding_value} (the "
+        f"value of padding rows): a float dtype such as float32. Received: "
+        f"y_true.dtype={name}, which holds {low}..{high}, so padding rows cannot be told "
+        "from targets. Make the targets float, e.g. `y_true.astype('float32')` or "
+        "`keras.ops.cast(y_true, 'float32')` before padding them, or pass the "
+        "`padding_value` your data uses (None if no row is padding)."
+    )
 
 
 def _same_known(shape: tuple[Any, ...], expected: tuple[Any, ...]) -> bool:

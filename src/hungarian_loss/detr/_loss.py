@@ -19,7 +19,7 @@ from keras import ops
 from hungarian_loss import _backend, boxes, costs
 from hungarian_loss.detr import _classification as classification_terms
 from hungarian_loss.detr import _layout
-from hungarian_loss.loss import HungarianLoss, _failure_policy
+from hungarian_loss.loss import HungarianLoss, _failure_policy, _negative_size
 
 __all__ = ["DETRLoss", "DETRLossTerm"]
 
@@ -46,6 +46,7 @@ class _Problems(NamedTuple):
     cost: Tensor  # [P, M * k, N]: the matching cost, without gradient
     indices: Tensor  # [P, M * k]: the matched query of each target, -1 where unmatched
     num_sets: int | None
+    invalid: Tensor  # [P, M]: real targets that break a rule of the data (`invalid_targets`)
 
 
 @keras.saving.register_keras_serializable(package="hungarian_loss")
@@ -528,11 +529,14 @@ class DETRLoss(HungarianLoss):
         return _backend.replica_sum(total)
 
     def invalid_targets(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
-        """Where a target's class id is not an integer in `[0, K)`.
+        """Where a target breaks a rule: `HungarianLoss`'s, or a bad class id.
 
-        Read on every row; the caller keeps the real targets. A sample with such a real
-        target gets a `NaN` loss (a class id of 90 for K = 80, -1 on a row whose box is
-        real, 1.5).
+        `HungarianLoss.invalid_targets` (a non-finite value), a box of negative width or
+        height in `box_format` (the box terms read it even where the matching weights
+        leave the box cost out), and a class id that is not an integer in `[0, K)`.
+        Read on every row; the caller keeps the real targets. Such a real target is
+        never matched, and its sample gets a `NaN` loss (a class id of 90 for K = 80,
+        -1 on a row whose box is real, 1.5).
 
         Args:
             y_true: Targets `[P, M, 5]`.
@@ -541,11 +545,13 @@ class DETRLoss(HungarianLoss):
         Returns:
             bool tensor `[P, M]`.
         """
+        invalid = super().invalid_targets(y_true, y_pred)  # [P, M]
+        invalid = ops.logical_or(invalid, _negative_size(y_true[:, :, :4], self.box_format))
         num_classes = self._num_classes(y_pred)
         ids = y_true[:, :, 4]  # [P, M]
         integer = ops.equal(ids, ops.round(ids))
         in_range = ops.logical_and(ids >= 0, ids <= num_classes - 1)
-        return ops.logical_not(ops.logical_and(integer, in_range))
+        return ops.logical_or(invalid, ops.logical_not(ops.logical_and(integer, in_range)))
 
     # ----- internals -------------------------------------------------------------------------
 
@@ -557,11 +563,13 @@ class DETRLoss(HungarianLoss):
         denoising, queries = _layout.split_queries(
             y_pred, self.denoising_groups, y_true.shape[1]
         )  # [P, G * 2M, D], [P, N, D]
-        target_mask = self.target_mask(y_true)  # [P, M]
-        cost = self._matching_cost(y_true, queries)  # [P, M, N], without gradient
-        y_true, target_mask, cost = self._repeat_targets(y_true, target_mask, cost)
+        real = self.target_mask(y_true)  # [P, M]
+        # Without gradient; invalid targets (`invalid_targets`) are never matched.
+        cost, invalid = self._matching_cost(y_true, queries)  # [P, M, N], [P, M]
+        y_true, target_mask, cost = self._repeat_targets(y_true, real, cost)
         indices = self._solve(cost, target_mask)  # [P, M * k]
-        return _Problems(y_true, queries, denoising, target_mask, cost, indices, num_sets)
+        invalid = ops.logical_and(invalid, real)  # [P, M]
+        return _Problems(y_true, queries, denoising, target_mask, cost, indices, num_sets, invalid)
 
     def _problem_terms(self, problems: _Problems) -> dict[str, Tensor]:
         """The three terms per problem `[P]`: matched queries, plus denoising."""
@@ -576,8 +584,9 @@ class DETRLoss(HungarianLoss):
         if self.denoising_groups:
             # The first copy of each target (rows i * k with `matches_per_target=k`).
             real = problems.target_mask[:, :: self.matches_per_target]  # [P, M]
-            # A non-finite target is never matched, but its positives are assigned: zeroed
-            # here (the policy makes the loss non-finite), no NaN reaches the gradients.
+            # An invalid target is not reconstructed (its sample's loss is NaN anyway), and
+            # non-finite rows are zeroed: nothing computed from them reaches the gradients.
+            real = ops.logical_and(real, ops.logical_not(problems.invalid))
             y_true = _finite_or_zero(problems.y_true[:, :: self.matches_per_target])
             dn_true, dn_indices = _layout.denoising_targets(y_true, real, self.denoising_groups)
             dn_sums = self._sums(
@@ -691,26 +700,23 @@ class DETRLoss(HungarianLoss):
         """The failure policy: the matched problem's, the predictions', the targets'.
 
         Every query enters the class term, so a non-finite value in any query makes the
-        loss non-finite (`NaN` for `NaN`, else `inf`); so does a real target with an
-        invalid class id (`NaN`). Such a problem adds no gradient.
+        loss non-finite (`NaN` for `NaN`, else `inf`); so does a real target that breaks
+        a rule of `invalid_targets` (`NaN`). Such a problem adds no gradient.
         """
         loss = _failure_policy(
             loss,
-            problems.y_true,
             problems.queries,
             problems.cost,
             problems.indices,
             problems.target_mask,
-        )
+            ops.any(problems.invalid, axis=1),
+        )  # NaN where a real target is invalid (`invalid_targets`)
         every_query = ops.concatenate([problems.denoising, problems.queries], axis=1)
         inf_query = ops.logical_not(ops.all(ops.isfinite(every_query), axis=(1, 2)))  # [P]
         nan_query = ops.any(ops.isnan(every_query), axis=(1, 2))  # [P]
-        invalid = ops.logical_and(
-            self.invalid_targets(problems.y_true, problems.queries), problems.target_mask
-        )
-        nan = ops.logical_or(nan_query, ops.any(invalid, axis=1))  # [P]
+        broken = ops.any(problems.invalid, axis=1)  # [P]: NaN over the queries' inf
         loss = ops.where(inf_query, _INF, loss)
-        return ops.where(nan, _NAN, loss)
+        return ops.where(ops.logical_or(nan_query, broken), _NAN, loss)
 
     def _shape_indices(self, indices: Tensor, num_sets: int | None) -> Tensor:
         """`[P, M * k]` -> `[B, (S,) M (, k)]`."""
