@@ -318,7 +318,18 @@ def matching_cost(
     keras-hub's: `matcher_class_cost` times the focal class cost (or minus the softmax
     probability of the target's class when `use_focal_loss=False`), plus
     `matcher_bbox_cost` times the L1 distance of the `center_xywh` boxes, minus
-    `matcher_ciou_cost` times their CIoU.
+    `matcher_ciou_cost` times their CIoU. A padding label (< 0) is read as class 0;
+    `exact_matching` masks padding targets out of the matching.
+
+    Args:
+        detector: a `keras_hub.models.DFineObjectDetector` (its `matcher_*` settings).
+        logits: class logits, `[N, Q, C]`.
+        pred_boxes: predicted boxes, `[N, Q, 4]`, normalized `center_xywh`.
+        labels: target class ids, `[N, T]`.
+        target_boxes: target boxes, `[N, T, 4]`, normalized `center_xywh`.
+
+    Returns:
+        The cost of each target and query, `[N, T, Q]`.
     """
     num_classes = ops.shape(logits)[-1]
     one_hot = ops.one_hot(ops.maximum(labels, 0), num_classes, dtype=logits.dtype)  # [N, T, C]
