@@ -319,13 +319,13 @@ def test_exact_matching_warns_about_denoising_and_changes_only_the_loss(detector
 def test_fit_lowers_the_loss_then_saves_and_reloads(detector: Any, tmp_path: Path) -> None:
     with pytest.warns(hk.DenoisingWarning):
         hk.exact_matching(detector)
-    detector.compile(optimizer=keras.optimizers.Adam(3e-4), jit_compile=True)
+    detector.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
     images = np.random.default_rng(0).uniform(0, 255, (2, IMAGE, IMAGE, 3)).astype("float32")
     y = {"boxes": BOXES, "labels": LABELS}  # the labels the denoising queries come from
-    history = detector.fit(images, y, batch_size=2, epochs=12, shuffle=False, verbose=0)
-    losses = history.history["loss"]
+    history = detector.fit(images, y, batch_size=2, epochs=40, shuffle=False, verbose=0)
+    losses = history.history["loss"]  # one step per epoch, each loss before its update
     assert all(math.isfinite(loss) for loss in losses)
-    assert np.mean(losses[-3:]) < 0.9 * losses[0], losses
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:2]), losses
 
     path = tmp_path / "d_fine.keras"
     detector.save(path)
