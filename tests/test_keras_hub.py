@@ -325,7 +325,7 @@ def test_fit_lowers_the_loss_then_saves_and_reloads(detector: Any, tmp_path: Pat
     history = detector.fit(images, y, batch_size=2, epochs=40, shuffle=False, verbose=0)
     losses = history.history["loss"]  # one step per epoch, each loss before its update
     assert all(math.isfinite(loss) for loss in losses)
-    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:2]), losses
+    assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:2]), losses
 
     path = tmp_path / "d_fine.keras"
     detector.save(path)
