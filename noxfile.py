@@ -41,7 +41,9 @@ def install_torch(session: nox.Session) -> None:
 def tests(session: nox.Session, backend: str) -> None:
     """Run the test suite and the docstring examples on one Keras backend."""
     install_torch(session)  # on every backend: the docs' torch example runs in a torch process
-    session.install("-e", ".[test,jax]")
+    # keras-hub: tests/test_keras_hub.py trains its D-FINE (it needs keras>=3.15 and a
+    # tensorflow-text matching tensorflow, which pip resolves together).
+    session.install("-e", ".[test,jax,keras-hub]")
     env = {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
     args = session.posargs or ["tests"]
     session.run("python", "-m", "pytest", *args, env=env)

@@ -32,6 +32,7 @@ from follow_readme import install_commands
 from markdown_blocks import Block, expand_snippets, expected_output, read_blocks
 
 import hungarian_loss
+import hungarian_loss.keras_hub
 from hungarian_loss import costs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,7 +160,13 @@ def is_documented(module_name: str, name: str, entries: set[str]) -> bool:
 
 PUBLIC_NAMES = [
     (module.__name__, name)
-    for module in (hungarian_loss, hungarian_loss.costs, hungarian_loss.boxes)
+    for module in (
+        hungarian_loss,
+        hungarian_loss.costs,
+        hungarian_loss.boxes,
+        hungarian_loss.denoising,
+        hungarian_loss.keras_hub,
+    )
     for name in module.__all__
 ]
 
