@@ -39,7 +39,9 @@ def augment(
     Bound: when `k - 1` rows are matched, the search for the `k`-th row takes at most `k`
     steps (each step scans a new column, and at most `k - 1` scanned columns are taken)
     and its path holds at most `k` rows, so the row takes at most `2k - 1` steps and a
-    sample at most `R^2`. One step costs `O(B * C)`.
+    sample at most `R^2`. One step costs `O(B * C)`. With a batch of known size `B >= 2`,
+    the samples step in lock-step until one is left; that one is then taken out and
+    finishes alone, at `O(C)` a step (one hard sample must not cost a batch's steps).
 
     Args:
         cost: `[B, R, C]` finite costs, `R <= C`.
@@ -52,7 +54,7 @@ def augment(
     Returns:
         `col4row`, `row4col` and the number of steps taken (a scalar).
     """
-    rows, cols = cost.shape[1], cost.shape[2]
+    rows = cost.shape[1]
     inf = ops.cast(float("inf"), cost.dtype)
     pending = ops.logical_and(active_row, col4row < 0)  # [B, R]: rows still to insert
     start = first_index(pending)  # [B]: the first row to insert, R where none is left
