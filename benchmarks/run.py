@@ -116,6 +116,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--target-ms", type=float, help="length of one timing sample (default 100, quick 20)"
     )
+    parser.add_argument(
+        "--backends",
+        type=lambda text: text.split(","),
+        default=["tensorflow", "jax", "torch"],
+        help="Keras backends of the solver group (default: tensorflow,jax,torch)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--sample-timeout",
@@ -612,9 +618,9 @@ def group_record(
 
 def run_solvers(args: argparse.Namespace, config: dict[str, Any], log_dir: Path) -> dict:
     specs = [
-        backend_spec("solvers-tensorflow", "worker_solvers.py", "tensorflow", args),
-        backend_spec("solvers-jax", "worker_solvers.py", "jax", args),
-        backend_spec("solvers-torch", "worker_solvers.py", "torch", args),
+        backend_spec(f"solvers-{backend}", "worker_solvers.py", backend, args)
+        for backend in ("tensorflow", "jax", "torch")
+        if backend in args.backends
     ]
     outcomes = run_group("solvers", specs, config, schedule(args), log_dir)
     return group_record(outcomes, report.SOLVER_RATIOS)
