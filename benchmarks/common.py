@@ -73,8 +73,13 @@ def uniform_costs(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.n
 # - "detr": B = images x 6 decoder layers, M padded target rows (row mask: a geometric count of
 #   mean 8 per image, shared by its layers, the first image at 50), N queries, uniform costs;
 # - "ij": every sample c_ij = i * j (long augmenting paths);
-# - "mixij": uniform samples, the first one replaced by c_ij = i * j / (M * N).
-SOLVER_KINDS = ("uniform", "detr", "ij", "mixij")
+# - "mixij": uniform samples, the first one replaced by c_ij = i * j / (M * N);
+# - "detrrandom", "detrcollapsed", "detridentical": B images, M padded targets (a uniform count
+#   in [1, M] per image), N queries: DETR's matching cost (class -softmax prob, 5 L1 and
+#   2 (1 - GIoU) on center_xywh boxes, K = 80 classes) of random predictions, of predictions
+#   collapsed to within 1e-3 of one box and logits (early training), and of identical ones.
+SOLVER_KINDS = ("uniform", "detr", "ij", "mixij", "detrrandom", "detrcollapsed", "detridentical")
+DETR_COST_KINDS = {"detrrandom": None, "detrcollapsed": 1e-3, "detridentical": 0.0}
 DETR_LAYERS = 6
 
 
@@ -123,7 +128,64 @@ def solver_input(rng: np.random.Generator, case: str) -> Any:
         counts[0] = min(50, rows)
         per_problem = np.repeat(counts, DETR_LAYERS)  # image-major: its layers side by side
         return cost, np.arange(rows)[None, :] < per_problem[:, None]
+    if kind in DETR_COST_KINDS:
+        return detr_matching_cost(rng, batch, rows, cols, DETR_COST_KINDS[kind])
     return cost
+
+
+def detr_matching_cost(
+    rng: np.random.Generator, images: int, targets: int, queries: int, spread: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """DETR's matching cost `[images, targets, queries]` in NumPy, and the target mask.
+
+    Queries are random (`spread=None`) or all within `spread` of one box and one set of
+    logits (`spread=0`: identical). Cost: `-softmax(logits)[class] + 5 L1 + 2 (1 - GIoU)`
+    on center_xywh boxes, as `DETRLoss`'s default matching cost.
+    """
+    classes = 80
+    counts = rng.integers(1, targets + 1, size=images)
+    row_mask = np.arange(targets)[None, :] < counts[:, None]
+    true_boxes = np.concatenate(
+        [rng.uniform(0.2, 0.8, (images, targets, 2)), rng.uniform(0.05, 0.4, (images, targets, 2))],
+        axis=-1,
+    )
+    true_class = rng.integers(0, classes, size=(images, targets))
+    if spread is None:
+        logits = rng.normal(size=(images, queries, classes))
+        boxes = np.concatenate(
+            [
+                rng.uniform(0.2, 0.8, (images, queries, 2)),
+                rng.uniform(0.05, 0.4, (images, queries, 2)),
+            ],
+            axis=-1,
+        )
+    else:
+        base_logits = rng.normal(size=(images, 1, classes))
+        base_boxes = np.concatenate(
+            [rng.uniform(0.3, 0.7, (images, 1, 2)), rng.uniform(0.1, 0.3, (images, 1, 2))], axis=-1
+        )
+        logits = base_logits + spread * rng.uniform(-1, 1, (images, queries, classes))
+        boxes = base_boxes + spread * rng.uniform(-1, 1, (images, queries, 4))
+    prob = np.exp(logits - logits.max(-1, keepdims=True))
+    prob /= prob.sum(-1, keepdims=True)
+    class_cost = -np.take_along_axis(
+        prob, np.broadcast_to(true_class[:, None, :], (images, queries, targets)), axis=2
+    )
+    l1 = np.abs(true_boxes[:, :, None, :] - boxes[:, None, :, :]).sum(-1)  # [I, T, Q]
+    cost = np.transpose(class_cost, (0, 2, 1)) + 5.0 * l1 + 2.0 * (1.0 - _giou(true_boxes, boxes))
+    return cost.astype(np.float32), row_mask
+
+
+def _giou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Generalized IoU `[I, T, Q]` of center_xywh boxes `a [I, T, 4]` and `b [I, Q, 4]`."""
+    a0, a1 = a[..., :2] - a[..., 2:] / 2, a[..., :2] + a[..., 2:] / 2
+    b0, b1 = b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2
+    a0, a1 = a0[:, :, None], a1[:, :, None]
+    b0, b1 = b0[:, None], b1[:, None]
+    inter = np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0, None).prod(-1)
+    union = (a1 - a0).prod(-1) + (b1 - b0).prod(-1) - inter
+    hull = (np.maximum(a1, b1) - np.minimum(a0, b0)).prod(-1)
+    return inter / union - (hull - union) / hull
 
 
 def random_boxes(rng: np.random.Generator, batch: int, count: int) -> np.ndarray:

@@ -10,6 +10,7 @@ step with `HungarianLoss` against an order-bound L1 step.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 
@@ -22,7 +23,18 @@ from common import gpu_train_case, parse_case, scipy_columns, solver_input, spli
 
 from hungarian_loss import HungarianLoss, linear_sum_assignment
 
-CASES = ["32x10x10", "32x20x100", "8x100x300", "16x100x100", "detr:48x64x300"]
+CASES = [
+    "32x10x10",
+    "32x20x100",
+    "8x100x300",
+    "16x100x100",
+    "4x300x300",
+    "detr:48x64x300",
+    "mixij:16x400x400",
+    "detrrandom:16x60x300",
+    "detrcollapsed:16x60x300",
+    "detridentical:16x60x300",
+]
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -37,13 +49,27 @@ def median_ms(fn, repeats: int) -> float:
 
 
 def solver_rows(repeats: int, cases: list[str]) -> list[dict]:
+    from hungarian_loss import _backend, assignment
+
     rng = np.random.default_rng(0)
     rows = []
     for case in cases:
-        parse_case(case)
+        _, batch, m, n = parse_case(case)
         x = solver_input(rng, case)
         host, host_mask = split_input(x)
         on_gpu = [torch.tensor(a, device="cuda") for a in (host, host_mask) if a is not None]
+        # "auto" takes the accelerator strategy for CUDA tensors.
+        strategy = assignment._resolve("auto", batch, min(m, n), max(m, n), on_gpu[0])
+        assert strategy == "phases", (case, strategy)
+        full_mask = torch.ones((batch, m), dtype=torch.bool, device="cuda")
+        count_steps = _backend.compiled(
+            functools.partial(assignment._assign_with_steps, strategy=strategy)
+        )  # compiled: the light steps of an i*j sample would take minutes eagerly
+        _, steps = count_steps(
+            on_gpu[0],
+            on_gpu[1] if host_mask is not None else full_mask,
+            torch.ones((batch, n), dtype=torch.bool, device="cuda"),
+        )
         with keras.device("cpu"):
             on_cpu = linear_sum_assignment(*[torch.tensor(a) for a in on_gpu])
         start = time.perf_counter()
@@ -64,7 +90,8 @@ def solver_rows(repeats: int, cases: list[str]) -> list[dict]:
             times["ours"].append(median_ms(ours, 3))
             times["scipy"].append(median_ms(scipy_loop, 3))
         med = {k: float(np.median(v)) for k, v in times.items()}
-        rows.append({"case": case, "compile_s": compile_s, **med})
+        loop_steps = steps.cpu().numpy().tolist()  # auction rounds, phases, BF rounds, light
+        rows.append({"case": case, "compile_s": compile_s, "loop_steps": loop_steps, **med})
         print(rows[-1], flush=True)
     return rows
 
@@ -111,12 +138,12 @@ def main() -> None:
     rows = solver_rows(args.repeats, args.cases.split(","))
     print(f"worked example on CUDA: {worked_example():.6f} (expected 6.507638)")
     train = train_rows(args.repeats)
-    print("\n| case | ours ms | SciPy+copy ms | ours/SciPy | first call s |")
-    print("|---|---|---|---|---|")
+    print("\n| case | ours ms | SciPy+copy ms | ours/SciPy | first call s | loop steps |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['case']} | {r['ours']:.3f} | {r['scipy']:.3f} | "
-            f"{r['ours'] / r['scipy']:.2f} | {r['compile_s']:.1f} |"
+            f"{r['ours'] / r['scipy']:.2f} | {r['compile_s']:.1f} | {r['loop_steps']} |"
         )
     print(
         f"\ntraining step: HungarianLoss {train['hungarian']:.2f} ms, ordered L1 "

@@ -108,7 +108,14 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-KIND_LABELS = {"detr": "DETR, masked", "ij": "c = i*j", "mixij": "one i*j among uniform"}
+KIND_LABELS = {
+    "detr": "DETR, masked",
+    "ij": "c = i*j",
+    "mixij": "one i*j among uniform",
+    "detrrandom": "DETR cost, random predictions",
+    "detrcollapsed": "DETR cost, collapsed predictions",
+    "detridentical": "DETR cost, identical predictions",
+}
 # The square uniform cases of the scaling plot: n -> batch.
 SCALING_SERIES = {10: 16, 30: 16, 100: 16, 300: 4, 1000: 1}
 
@@ -209,6 +216,7 @@ def solver_lines(group: dict[str, Any]) -> list[str]:
     lines += ["", *exactness_lines(group), ""]
     lines += steps_lines(group)
     lines += hostage_lines(results)
+    lines += collapse_lines(results)
     return lines
 
 
@@ -221,16 +229,52 @@ def steps_lines(group: dict[str, Any]) -> list[str]:
         return []
     names = ["auction_rounds", "phases", "bellman_ford_rounds", "light_steps"]
     rows = [
-        [case_label(case), entry["strategy"], *(str(entry[name]) for name in names)]
+        [
+            case_label(case),
+            entry["strategy"],
+            *(str(entry[name]) for name in names),
+            f"{entry['bellman_ford_rounds'] / entry['phases']:.1f}" if entry["phases"] else "-",
+        ]
         for case, entry in steps.items()
     ]
-    header = ["case", "strategy", "auction rounds", "phases", "Bellman-Ford rounds", "light steps"]
+    header = [
+        "case",
+        "strategy",
+        "auction rounds",
+        "phases",
+        "Bellman-Ford rounds",
+        "light steps",
+        "rounds per phase",
+    ]
     return [
         "## Solver: sequential loop steps (the slowest sample of the batch sets them)",
         "",
         *table(header, rows),
         "",
     ]
+
+
+def collapse_lines(results: dict[str, Any]) -> list[str]:
+    """How much collapsed or identical predictions slow each contender on DETR's cost."""
+    lines = []
+    for case in results:
+        kind, _, shape = case.rpartition(":")
+        random_case = f"detrrandom:{shape}"
+        if kind not in ("detrcollapsed", "detridentical") or random_case not in results:
+            continue
+        lines += [
+            f"{case_label(case)}, time / random predictions' ({case_label(random_case)}):",
+            "",
+        ]
+        for contender in ("ours_tf", "ours_jax", "ours_torch", "scipy_tf", "scipy_jax"):
+            slow, base = (
+                median_of(results, case, contender),
+                median_of(results, random_case, contender),
+            )
+            if slow and base:
+                lines.append(f"- {LABELS[contender]}: {times(slow / base)}x")
+        lines.append("")
+    return lines
 
 
 def hostage_lines(results: dict[str, Any]) -> list[str]:

@@ -44,7 +44,8 @@ from common import PREFIX, box_pairs, case_rng, parse_case, rotated
 
 HERE = Path(__file__).resolve().parent
 # DESIGN.md's four shapes, the masked DETR case (8 images x 6 layers), wide and large ones, the
-# square series of the scaling plot (n = 10 ... 1000) and the long-path cases (c_ij = i * j).
+# square series of the scaling plot (n = 10 ... 1000), the long-path cases (c_ij = i * j) and
+# DETR's matching cost of random, collapsed and identical predictions (16 images, <= 60 targets).
 DEFAULT_SHAPES = (
     "32x10x10",
     "32x20x100",
@@ -61,6 +62,9 @@ DEFAULT_SHAPES = (
     "16x400x400",
     "mixij:16x400x400",
     "ij:1x600x600",
+    "detrrandom:16x60x300",
+    "detrcollapsed:16x60x300",
+    "detridentical:16x60x300",
 )
 QUICK_SHAPES = ("32x10x10", "32x20x100")
 LEGACY_REQUIREMENT = "hungarian-loss==1.0.3"
@@ -99,7 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--shapes",
         type=lambda text: [parse_shape(part) for part in text.split(",")],
-        help="solver cases as [KIND:]BxMxN,... with KIND uniform (default), detr, ij or mixij "
+        help="solver cases as [KIND:]BxMxN,... with KIND uniform (default), detr, ij, mixij, "
+        "detrrandom, detrcollapsed or detridentical "
         "(default: DESIGN.md's shapes and more, see benchmarks/README.md)",
     )
     parser.add_argument(
@@ -110,6 +115,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--target-ms", type=float, help="length of one timing sample (default 100, quick 20)"
+    )
+    parser.add_argument(
+        "--backends",
+        type=lambda text: text.split(","),
+        default=["tensorflow", "jax", "torch"],
+        help="Keras backends of the solver group (default: tensorflow,jax,torch)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -607,9 +618,9 @@ def group_record(
 
 def run_solvers(args: argparse.Namespace, config: dict[str, Any], log_dir: Path) -> dict:
     specs = [
-        backend_spec("solvers-tensorflow", "worker_solvers.py", "tensorflow", args),
-        backend_spec("solvers-jax", "worker_solvers.py", "jax", args),
-        backend_spec("solvers-torch", "worker_solvers.py", "torch", args),
+        backend_spec(f"solvers-{backend}", "worker_solvers.py", backend, args)
+        for backend in ("tensorflow", "jax", "torch")
+        if backend in args.backends
     ]
     outcomes = run_group("solvers", specs, config, schedule(args), log_dir)
     return group_record(outcomes, report.SOLVER_RATIOS)

@@ -207,7 +207,7 @@ def build(config: dict[str, Any]) -> tuple[list[Case], dict[str, Any]]:
     for case in config["shapes"]:
         contenders = {}
         for name, make in contender_makers().items():
-            if name == "optax" and parse_case(case)[0] == "detr":
+            if name == "optax" and parse_case(case)[0].startswith("detr"):
                 info["unavailable"][f"optax on {case}"] = "optax takes no masks"
                 continue
             try:

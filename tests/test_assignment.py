@@ -299,6 +299,106 @@ def test_large_structured_parity(n: int, strategy: str) -> None:
         assert abs(ours - ref) <= tol, (kind, ours, ref)
 
 
+def detr_cost(rng: np.random.Generator, images: int, targets: int, queries: int, spread: float):
+    """DETR's matching cost `[images, targets, queries]` and a target mask, in NumPy.
+
+    `-softmax(logits)[class] + 5 L1 + 2 (1 - GIoU)` on center_xywh boxes, with every query
+    within `spread` of one box and one set of logits (collapsed; 0: identical queries).
+    """
+    counts = rng.integers(targets // 2, targets + 1, size=images)
+    mask = np.arange(targets)[None, :] < counts[:, None]
+    true = np.concatenate([rng.uniform(0.2, 0.8, (images, targets, 2)),
+                           rng.uniform(0.05, 0.4, (images, targets, 2))], axis=-1)  # fmt: skip
+    labels = rng.integers(0, 20, size=(images, targets))
+    logits = rng.normal(size=(images, 1, 20)) + spread * rng.uniform(-1, 1, (images, queries, 20))
+    boxes = np.concatenate([rng.uniform(0.3, 0.7, (images, 1, 2)),
+                            rng.uniform(0.1, 0.3, (images, 1, 2))], axis=-1)  # fmt: skip
+    boxes = boxes + spread * rng.uniform(-1, 1, (images, queries, 4))
+    prob = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)  # [I, Q, K]
+    class_cost = -np.take_along_axis(prob, np.repeat(labels[:, None], queries, 1), 2)  # [I, Q, T]
+    l1 = np.abs(true[:, :, None] - boxes[:, None]).sum(-1)  # [I, T, Q]
+    lo_t, hi_t = true[..., :2] - true[..., 2:] / 2, true[..., :2] + true[..., 2:] / 2
+    lo_q, hi_q = boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., :2] + boxes[..., 2:] / 2
+    lo_t, hi_t, lo_q, hi_q = lo_t[:, :, None], hi_t[:, :, None], lo_q[:, None], hi_q[:, None]
+    inter = np.clip(np.minimum(hi_t, hi_q) - np.maximum(lo_t, lo_q), 0, None).prod(-1)
+    union = (hi_t - lo_t).prod(-1) + (hi_q - lo_q).prod(-1) - inter
+    hull = (np.maximum(hi_t, hi_q) - np.minimum(lo_t, lo_q)).prod(-1)
+    giou = inter / union - (hull - union) / hull
+    cost = class_cost.transpose(0, 2, 1) + 5 * l1 + 2 * (1 - giou)
+    return cost.astype("float32"), mask
+
+
+def tied_batch(n: int) -> tuple[np.ndarray, list[str]]:
+    """Square costs `[6, n, n]` with ties or long paths, each hard in its way, in one batch."""
+    rng = np.random.default_rng(11)
+    ids = np.arange(n)
+    blocks = np.repeat(rng.integers(0, 3, size=(n, n // 5)), 5, axis=1)  # blocks of 5 equal columns
+    kinds = {
+        "products": np.outer(ids, ids),  # c_ij = i * j: one hard sample among easy ones
+        "uniform": rng.uniform(size=(n, n)),
+        "tied_column_blocks": blocks,
+        "identical_rows": np.broadcast_to(rng.uniform(size=n), (n, n)),
+        "identical_columns": np.broadcast_to(rng.uniform(size=(n, 1)), (n, n)),
+        "constant": np.ones((n, n)),
+    }
+    return np.stack(list(kinds.values())).astype("float32"), list(kinds)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_ties_and_mixed_batch_parity(strategy: str) -> None:
+    """Tied columns, identical rows and columns, and one i*j sample in an easy batch."""
+    cost, kinds = tied_batch(40)
+    result = np.asarray(SOLVERS[strategy](cost))
+    for b, kind in enumerate(kinds):
+        assert_is_matching(result[b], 40)
+        ours, count = matched_total(cost[b], result[b])
+        ref, ref_count = scipy_total(cost[b])
+        assert count == ref_count == 40, kind
+        exact = kind != "uniform"  # small integers or one value per row or column
+        tol = 0.0 if exact else rounding_tolerance(cost[b], count)
+        assert abs(ours - ref) <= tol, (kind, ours, ref)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_collapsed_and_identical_detr_queries(strategy: str) -> None:
+    """DETR matching costs of collapsed (1e-3 apart) and identical queries, masked targets."""
+    rng = np.random.default_rng(12)
+    parts = [detr_cost(rng, 3, 12, 50, spread) for spread in (1e-3, 1e-5, 0.0, 0.0)]
+    cost = np.concatenate([c for c, _ in parts])
+    mask = np.concatenate([m for _, m in parts])
+    result = np.asarray(SOLVERS[strategy](cost, mask))
+    for b in range(len(cost)):
+        assert_is_matching(result[b], 50)
+        assert np.all(result[b][~mask[b]] == -1)
+        real = cost[b][mask[b]]
+        ours, count = matched_total(real, result[b][mask[b]])
+        ref, ref_count = scipy_total(real)
+        assert count == ref_count == mask[b].sum()
+        assert abs(ours - ref) <= rounding_tolerance(real, count), (b, ours, ref)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_identical_queries_take_different_columns_at_once(strategy: str) -> None:
+    """Ties are spread: rows that cost the same on every column (identical queries) are all
+    placed by the start, with no phase and no light step."""
+    from hungarian_loss import assignment
+
+    per_row = np.random.default_rng(13).uniform(size=(2, 10, 1))
+    cost = np.broadcast_to(per_row, (2, 10, 30)).astype("float32")  # [2, 10, 30]
+    result, steps = assignment._assign_with_steps(
+        keras.ops.convert_to_tensor(cost),
+        keras.ops.ones((2, 10), dtype="bool"),
+        keras.ops.ones((2, 30), dtype="bool"),
+        strategy,
+    )
+    _, phase_count, bf_rounds, light_steps = np.asarray(keras.ops.convert_to_numpy(steps))
+    assert (phase_count, bf_rounds, light_steps) == (0, 0, 0)
+    result = np.asarray(keras.ops.convert_to_numpy(result))
+    for b in range(2):
+        assert_is_matching(result[b], 30)
+        assert matched_total(cost[b], result[b]) == pytest.approx(scipy_total(cost[b]))
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_outlier_keeps_optimum(strategy: str) -> None:
     # One huge finite cost must not push the others' differences into denormals.

@@ -97,6 +97,20 @@ def test_solver_and_loss_on_cuda() -> None:
     )
     assert on_cuda.device.type == "cuda"
     np.testing.assert_array_equal(to_numpy(on_cuda), cpu)
+    # "auto" takes the accelerator strategy ("phases") for CUDA tensors, the light steps
+    # for CPU tensors; both strategies agree with the CPU on CUDA.
+    from hungarian_loss import assignment
+
+    batch, m, n = cost.shape
+    assert assignment._resolve("auto", batch, m, n, torch.tensor(cost, device="cuda")) == "phases"
+    assert assignment._resolve("auto", batch, m, n, torch.tensor(cost)) == "steps"
+    for strategy in ("steps", "phases"):
+        result = linear_sum_assignment(
+            torch.tensor(cost, device="cuda"),
+            torch.tensor(row_mask, device="cuda"),
+            strategy=strategy,
+        )
+        np.testing.assert_array_equal(to_numpy(result), cpu)
     del col_mask
 
     y_true = torch.tensor([[[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]], device="cuda")

@@ -25,7 +25,7 @@ from typing import Any
 import keras
 from keras import ops
 
-__all__ = ["compiled", "outside_torch_compile", "replica_sum", "while_loop"]
+__all__ = ["compiled", "on_accelerator", "outside_torch_compile", "replica_sum", "while_loop"]
 
 Tensor = Any
 
@@ -108,6 +108,39 @@ def _torch_standalone(function: compiled, args: tuple[Tensor, ...]) -> Tensor:
     if compiled_fn is None:
         compiled_fn = function._compiled["torch"] = _compile(function.fn, "torch")
     return compiled_fn(*args)
+
+
+def on_accelerator(x: Tensor | None = None) -> bool:
+    """Whether computations on `x` run on a GPU or TPU.
+
+    - JAX: the default backend is not the CPU.
+    - TensorFlow: a logical GPU or TPU device exists.
+    - PyTorch: `x` lives on a device other than the CPU (a CUDA tensor; also inside
+      `torch.compile`, where `x` is a fake tensor with its device); without `x`, whether
+      CUDA is available (Keras then puts new tensors there).
+
+    Args:
+        x: A tensor the computation takes, or None.
+
+    Returns:
+        A Python bool.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return bool(jax.default_backend() != "cpu")
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+    if backend == "torch":
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            return bool(x.device.type != "cpu")
+        return bool(torch.cuda.is_available())
+    return False
 
 
 def outside_torch_compile(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -77,7 +77,9 @@ def linear_sum_assignment(
         rounds), then shortest augmenting paths (Jonker-Volgenant, as SciPy after
         Crouse, 2016), one Dijkstra column scan or one step back along the found path per
         loop step. Loop steps are light (`O(B * C)`) and a row takes at most `2k - 1` of
-        them when `k - 1` rows are matched: at most `R^2` per sample.
+        them when `k - 1` rows are matched: at most `R^2` per sample. When one sample
+        is left, it takes its remaining steps alone (`O(C)` each), so one hard sample
+        costs about its own time, not a batch's.
       - `"phases"`: up to 8 parallel auction rounds (Jonker-Volgenant's augmenting row
         reduction for all free rows at once), then multi-path phases: distances from all
         free rows at once by dense Bellman-Ford rounds (`O(B * R * C)` each, at most
@@ -86,9 +88,15 @@ def linear_sum_assignment(
         sample whose phase needs more than 128 rounds (16 on CPU), as with very long
         paths, is finished by the light steps. About a tenth to a hundredth of the
         sequential steps of `"steps"` on square problems, each heavier.
-      - `"auto"` (default): `"phases"` where the backend's default device is a GPU or
-        TPU (a loop step's fixed cost dominates there) and, on the CPU, for near-square
-        problems from 200 rows in batches of one or two; `"steps"` otherwise.
+
+      Ties are spread: the start gives row `i` the first cheapest column from `i` on
+      (cyclically), and a Bellman-Ford round gives column `j` the first best row from
+      `j mod R` on, so identical rows (collapsed predictions) take different columns
+      and many paths per phase.
+      - `"auto"` (default): `"phases"` on a GPU or TPU (the backend's default device; on
+        PyTorch, the device of `cost`), where a loop step's fixed cost dominates, and, on
+        the CPU, for near-square problems from 200 rows in batches of one or two;
+        `"steps"` otherwise.
 
     Every loop has a bound that follows from `M` and `N` (above), passed to the loop.
     Working memory beyond the cost matrix is one reduced-cost matrix `[B, R, C]` (for
@@ -170,7 +178,7 @@ def linear_sum_assignment(
             row_mask = ops.ones_like(cost[:, :, 0], dtype="bool")
         if col_mask is None:
             col_mask = ops.ones_like(cost[:, 0, :], dtype="bool")
-        strategy = _resolve(strategy, cost.shape[0], min(m, n), max(m, n))
+        strategy = _resolve(strategy, cost.shape[0], min(m, n), max(m, n), cost)
         result = _ASSIGN[strategy](cost, row_mask, col_mask)
     return result[0] if single else result
 
@@ -214,7 +222,7 @@ def _solve(cost: Tensor, active_row: Tensor, strategy: str) -> tuple[Tensor, Ten
     """
     zero = ops.convert_to_tensor(0, dtype="int32")
     rows, cols = cost.shape[1], cost.shape[2]
-    accelerated = _on_accelerator()
+    accelerated = _on_accelerator(cost)
     unroll = _UNROLL if accelerated else 1
     auction_rounds = _auction_rounds(strategy, rows, cols)
     if auction_rounds:
@@ -250,11 +258,16 @@ def _auction_rounds(strategy: str, rows: int, cols: int) -> int:
     return _STEPS_AUCTION_ROUNDS if 2 * rows > cols else 0
 
 
-def _resolve(strategy: str, batch: int | None, rows: int, cols: int) -> str:
-    """`"auto"` made concrete: phases on accelerators and for large near-square problems."""
+def _resolve(
+    strategy: str, batch: int | None, rows: int, cols: int, cost: Tensor | None = None
+) -> str:
+    """`"auto"` made concrete: phases on accelerators and for large near-square problems.
+
+    `cost` tells the device on torch (a CUDA tensor: phases).
+    """
     if strategy != "auto":
         return strategy
-    if _on_accelerator():
+    if _on_accelerator(cost):
         return "phases"
     # On CPU a Bellman-Ford round costs tens of light steps and grows with the whole batch;
     # it pays for long paths in one or two samples (measured with JAX, against light steps:
@@ -276,18 +289,9 @@ _ASSIGN: dict[str, Callable[..., Tensor]] = {
 }
 
 
-def _on_accelerator() -> bool:
-    """Backend-specific: whether the backend computes on a GPU or TPU by default."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return bool(jax.default_backend() != "cpu")
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
-    return False
+def _on_accelerator(cost: Tensor | None = None) -> bool:
+    """Whether the solver computes on a GPU or TPU (on torch: where `cost` lives)."""
+    return _backend.on_accelerator(cost)
 
 
 def _check_mask(mask: Tensor | None, cost: Tensor, axis: int, name: str) -> Tensor | None:

@@ -39,7 +39,9 @@ def augment(
     Bound: when `k - 1` rows are matched, the search for the `k`-th row takes at most `k`
     steps (each step scans a new column, and at most `k - 1` scanned columns are taken)
     and its path holds at most `k` rows, so the row takes at most `2k - 1` steps and a
-    sample at most `R^2`. One step costs `O(B * C)`.
+    sample at most `R^2`. One step costs `O(B * C)`. With a batch of known size `B >= 2`,
+    the samples step in lock-step until one is left; that one is then taken out and
+    finishes alone, at `O(C)` a step (one hard sample must not cost a batch's steps).
 
     Args:
         cost: `[B, R, C]` finite costs, `R <= C`.
@@ -52,20 +54,10 @@ def augment(
     Returns:
         `col4row`, `row4col` and the number of steps taken (a scalar).
     """
-    rows, cols = cost.shape[1], cost.shape[2]
-    dtype = cost.dtype
-    inf = ops.cast(float("inf"), dtype)
-    row_ids = ops.arange(rows, dtype="int32")  # [R]
-    col_ids = ops.arange(cols, dtype="int32")  # [C]
-    flat_cost = ops.reshape(cost, (-1, cols))  # [B * R, C]
-    row_offset = (ops.cumsum(ops.ones_like(cost[:, 0, 0], dtype="int32")) - 1) * rows  # [B]
+    rows = cost.shape[1]
+    inf = ops.cast(float("inf"), cost.dtype)
     pending = ops.logical_and(active_row, col4row < 0)  # [B, R]: rows still to insert
-
-    def next_row(pending: Tensor) -> Tensor:
-        # First pending row, or R when none is left.
-        return first_index(pending)  # [B]
-
-    start = next_row(pending)
+    start = first_index(pending)  # [B]: the first row to insert, R where none is left
     state = {
         "v": v,
         "col4row": col4row,
@@ -79,11 +71,45 @@ def augment(
         "scanned": ops.zeros_like(v, dtype="bool"),  # [B, C] scanned columns
         "flipping": ops.zeros_like(start, dtype="bool"),  # [B] walking back a found path
         "flip_col": ops.zeros_like(start),  # [B] column the walk stands on
-        "steps": ops.convert_to_tensor(0, dtype="int32"),
     }
+    bound = -(-rows * rows // unroll)
+    batch = cost.shape[0]
+    if not isinstance(batch, int) or batch < 2:
+        state, steps = _steps(cost, state, bound, unroll, leave=0)
+        return state["col4row"], state["row4col"], steps
+    # Lock-step until one sample is left, then that sample alone: one hard sample (long
+    # paths) then costs its own steps, not a whole batch's.
+    state, steps = _steps(cost, state, bound, unroll, leave=1)
+    last = ops.minimum(first_index(state["cur"] < rows), batch - 1)[None]  # [1]
+    alone = {key: ops.take(value, last, axis=0) for key, value in state.items()}
+    alone, more_steps = _steps(ops.take(cost, last, axis=0), alone, bound, unroll, leave=0)
+    is_last = ops.equal(ops.arange(batch, dtype="int32"), last)[:, None]  # [B, 1]
+    col4row = ops.where(is_last, alone["col4row"], state["col4row"])
+    row4col = ops.where(is_last, alone["row4col"], state["row4col"])
+    return col4row, row4col, steps + more_steps
+
+
+def _steps(
+    cost: Tensor, state: dict[str, Tensor], bound: int, unroll: int, leave: int
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Light steps in lock-step until at most `leave` samples still insert rows.
+
+    Returns the state and the number of steps taken.
+    """
+    rows, cols = cost.shape[1], cost.shape[2]
+    dtype = cost.dtype
+    inf = ops.cast(float("inf"), dtype)
+    row_ids = ops.arange(rows, dtype="int32")  # [R]
+    col_ids = ops.arange(cols, dtype="int32")  # [C]
+    flat_cost = ops.reshape(cost, (-1, cols))  # [B * R, C]
+    row_offset = (ops.cumsum(ops.ones_like(cost[:, 0, 0], dtype="int32")) - 1) * rows  # [B]
+
+    def next_row(pending: Tensor) -> Tensor:
+        # First pending row, or R when none is left.
+        return first_index(pending)  # [B]
 
     def cond(s: dict[str, Tensor]) -> Tensor:
-        return ops.any(s["cur"] < rows)
+        return ops.sum(ops.cast(s["cur"] < rows, "int32")) > leave
 
     def step(s: dict[str, Tensor]) -> dict[str, Tensor]:
         # One Dijkstra step for the samples still searching ...
@@ -157,6 +183,7 @@ def augment(
             s = step(s)
         return s
 
-    bound = -(-rows * rows // unroll)
+    state = {**state, "steps": ops.convert_to_tensor(0, dtype="int32")}
     state = _backend.while_loop(cond, body, state, maximum_iterations=bound)
-    return state["col4row"], state["row4col"], state["steps"]
+    steps = state.pop("steps")
+    return state, steps

@@ -77,6 +77,8 @@ def phases(
     if rows != cols:
         square = ops.logical_and(square, False)
     rounds_cap = min(max_rounds, rows + 1)
+    # (i - j) mod R: where costs tie, column j prefers row j mod R, then the next ones.
+    cyclic = ops.mod(row_ids[:, None] - col_ids[None, :] + cols * rows, rows)[None]  # [1, R, C]
 
     def free_rows(s: dict[str, Tensor]) -> Tensor:
         live = ops.logical_and(active_row, ops.logical_not(s["deep"])[:, None])
@@ -106,7 +108,10 @@ def phases(
             through = dist[:, :, None] + reduced  # [B, R, C]
             best = ops.amin(through, axis=1)  # [B, C]
             drop = best < b["d"]  # [B, C]
-            arg = first_index(ops.equal(through, best[:, None, :]), axis=1)  # [B, C]
+            # Among the rows at the best distance, column j takes the first from row
+            # j mod R on, cyclically: tied columns spread over the roots (one path each).
+            offset = ops.amin(ops.where(ops.equal(through, best[:, None, :]), cyclic, rows), axis=1)
+            arg = ops.mod(col_ids + offset, rows)  # [B, C]
             return {
                 "d": ops.where(drop, best, b["d"]),
                 "pred": ops.where(drop, arg, b["pred"]),

@@ -29,7 +29,7 @@ def row_reduction(cost: Tensor, active_row: Tensor) -> tuple[Tensor, Tensor, Ten
     """
     rows = cost.shape[1]
     row_ids = ops.arange(rows, dtype="int32")  # [R]
-    best = first_index(ops.equal(cost, ops.amin(cost, axis=2, keepdims=True)))  # [B, R]
+    best = cyclic_first(ops.equal(cost, ops.amin(cost, axis=2, keepdims=True)))  # [B, R]
     best = ops.where(active_row, best, -1)
     same = ops.equal(best[:, :, None], best[:, None, :])  # [B, R, R]
     earlier = row_ids[None, :] < row_ids[:, None]  # [R, R]: k < i
@@ -66,11 +66,11 @@ def auction(cost: Tensor, active_row: Tensor, rounds: int) -> tuple[Tensor, ...]
         free = ops.logical_and(active_row, col4row < 0)  # [B, R]
         reduced = cost - v[:, None, :]  # [B, R, C]
         first_val = ops.amin(reduced, axis=2)  # [B, R]
-        first = first_index(ops.equal(reduced, first_val[:, :, None]))  # [B, R]
+        first = cyclic_first(ops.equal(reduced, first_val[:, :, None]))  # [B, R]
         if cols > 1:
             rest = ops.where(ops.equal(col_ids, first[:, :, None]), big, reduced)  # [B, R, C]
             second_val = ops.amin(rest, axis=2)  # [B, R]
-            second = first_index(ops.equal(rest, second_val[:, :, None]))  # [B, R]
+            second = cyclic_first(ops.equal(rest, second_val[:, :, None]))  # [B, R]
             gap = second_val - first_val  # [B, R], >= 0
         else:
             second, gap = first, ops.zeros_like(first_val)
@@ -99,6 +99,20 @@ def auction(cost: Tensor, active_row: Tensor, rounds: int) -> tuple[Tensor, ...]
     }
     state = _backend.while_loop(cond, body, state, maximum_iterations=rounds)
     return state["col4row"], state["row4col"], state["v"], state["rounds"]
+
+
+def cyclic_first(hit: Tensor) -> Tensor:
+    """For `hit [B, R, C]`, row `i`'s first True column from `i mod C` on, cyclically `[B, R]`.
+
+    Where rows tie on the same columns (identical predictions), they pick different ones.
+    Every row has a True (a minimum).
+    """
+    rows, cols = hit.shape[1], hit.shape[2]
+    row_ids = ops.arange(rows, dtype="int32")[:, None]  # [R, 1]
+    col_ids = ops.arange(cols, dtype="int32")[None, :]  # [1, C]
+    key = ops.mod(col_ids - row_ids + rows * cols, cols)  # [R, C]: (j - i) mod C
+    offset = ops.amin(ops.where(hit, key[None], cols), axis=2)  # [B, R]
+    return ops.mod(row_ids[None, :, 0] + offset, cols)
 
 
 def _invert(col4row: Tensor, cols: int) -> Tensor:
