@@ -18,19 +18,24 @@ import keras
 import numpy as np
 import pytest
 
-from hungarian_loss import HungarianLoss
+from hungarian_loss import DETRLoss, HungarianLoss
 from hungarian_loss._demo import (
     DETR_BOX_COST,
     IMAGE_SIZE,
     MAX_OBJECTS,
+    NUM_PREDICTIONS,
+    build_model,
     detection_scores,
     main,
     make_data,
+    make_loss,
     matched_error,
     object_probability,
+    parse_args,
     run,
 )
 
+EPOCH_LOSSES = re.compile(r" - loss: (\S+) - val_loss: (\S+)")
 SCORE_LINE = re.compile(
     r"(before|after) training\s*: precision (\S+), recall (\S+) .*; matched error (\S+) px"
 )
@@ -102,6 +107,45 @@ def test_detection_scores_count_confident_predictions_at_iou_one_half() -> None:
     assert detection_scores(y_true, nothing) == (0.0, 0.0)
 
 
+def test_rt_detr_scores_are_the_sigmoid_of_one_logit() -> None:
+    y_true = np.array([[[0.25, 0.25, 0.2, 0.2, 0.0], [0.75, 0.75, 0.2, 0.2, 0.0]]], "float32")
+    y_pred = np.array(
+        [
+            [
+                [0.25, 0.25, 0.2, 0.2, 2.0],  # finds the first box, score 0.88
+                [0.26, 0.25, 0.2, 0.2, 0.1],  # a duplicate of it, score 0.52: a false detection
+                [0.75, 0.75, 0.2, 0.2, -0.1],  # the second box, score 0.48: not a detection
+            ]
+        ],
+        dtype="float32",
+    )
+    scores = object_probability(y_pred, "rt-detr")
+    np.testing.assert_allclose(scores[0], 1 / (1 + np.exp(-np.array([2.0, 0.1, -0.1]))))
+    assert detection_scores(y_true, y_pred, recipe="rt-detr") == pytest.approx((1 / 2, 1 / 2))
+    with pytest.raises(ValueError, match="recipe"):
+        object_probability(y_pred, "yolo")
+
+
+def test_recipes_build_their_head_and_loss() -> None:
+    assert build_model(recipe="detr").output_shape == (None, NUM_PREDICTIONS, 4 + 2)
+    assert build_model(recipe="rt-detr").output_shape == (None, NUM_PREDICTIONS, 4 + 1)
+    detr, rt_detr = make_loss("detr").get_config(), make_loss("rt-detr").get_config()
+    assert detr == DETRLoss(eos_coef=0.6).get_config()
+    assert rt_detr == DETRLoss.rt_detr(denoising_groups=0).get_config()
+    assert rt_detr["classification"] == "varifocal" and rt_detr["denoising_groups"] == 0
+    with pytest.raises(ValueError, match="recipe"):
+        make_loss("rt_detr")
+
+
+def test_command_line_recipe_switch(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_args([]).recipe == "detr"
+    assert parse_args(["--recipe", "rt-detr"]).recipe == "rt-detr"
+    with pytest.raises(SystemExit) as raised:
+        parse_args(["--recipe", "yolo"])
+    assert raised.value.code == 2
+    assert "--recipe" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_tiny_run_writes_the_picture_and_prints_the_scores(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -136,6 +180,27 @@ def test_tiny_run_writes_the_picture_and_prints_the_scores(
     later = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     later.compile(loss="mse", jit_compile=True)
     assert later.jit_compile is True
+
+
+@pytest.mark.slow
+def test_tiny_rt_detr_run_trains_one_sigmoid_logit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "rt_detr.png"
+    arguments = ["--recipe", "rt-detr", "--epochs", "2", "--samples", "128", "--seed", "0"]
+    assert main([*arguments, "--output", str(output), "--verbose", "2"]) == 0
+    assert output.read_bytes()[: len(PNG_MAGIC)] == PNG_MAGIC
+    printed = capsys.readouterr().out
+    assert "recipe rt-detr" in printed and "DETRLoss.rt_detr(denoising_groups=0)" in printed
+    assert "no denoising queries" in printed
+    scores = {when: [float(v) for v in values] for when, *values in SCORE_LINE.findall(printed)}
+    assert set(scores) == {"before", "after"}, printed
+    assert scores["after"][2] < scores["before"][2], printed  # the matched error falls
+    losses = [[float(value) for value in pair] for pair in EPOCH_LOSSES.findall(printed)]
+    assert len(losses) == 2, printed
+    (train_1, val_1), (train_2, val_2) = losses
+    assert all(math.isfinite(value) for value in (train_1, val_1, train_2, val_2))
+    assert train_2 < train_1 and val_2 < val_1, printed
 
 
 @pytest.mark.slow
@@ -180,7 +245,7 @@ def test_command_line_help() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    for flag in ("--epochs", "--seed", "--output", "--samples", "--verbose"):
+    for flag in ("--epochs", "--seed", "--output", "--samples", "--verbose", "--recipe"):
         assert flag in result.stdout
 
 

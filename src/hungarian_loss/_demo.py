@@ -5,12 +5,22 @@ rectangles, and their boxes (`"center_xywh"`, normalized to `[0, 1]`) with the c
 0 ("rectangle"), padded with rows of -1 to `max_objects` rows. A small convolutional
 network predicts a fixed set of `NUM_PREDICTIONS` items per image, in no particular
 order: a box and two logits, "rectangle" and "no object". It is trained with
-`DETRLoss()`: the true boxes of an image are matched one-to-one to the predictions with
-the least total cost (class, L1 and GIoU), the matched predictions learn their box and
-the class "rectangle", and every other prediction learns to say "no object".
+`DETRLoss(eos_coef=0.6)`: the true boxes of an image are matched one-to-one to the
+predictions with the least total cost (class, L1 and GIoU), the matched predictions learn
+their box and the class "rectangle", and every other prediction learns to say "no object".
+
+With `recipe="rt-detr"` (`--recipe rt-detr`) each item is a box and one sigmoid logit,
+"rectangle" (no "no object" logit), and the loss is RT-DETR's criterion,
+`DETRLoss.rt_detr(denoising_groups=0)`: the varifocal loss, which trains the score of a
+matched prediction towards the IoU of its box with its target's and every other score
+towards 0, matching weights class/L1/GIoU 2/5/2 with a focal class cost, and the batch's
+normalization with the reduction "sum" (RT-DETR's criterion itself). The CNN has no
+decoder, so there are no denoising queries: the recipe's class term, matching and
+normalization are what this exercises.
 
 The demo prints, on held-out images before and after training, the precision and the
-recall of the predictions the model calls rectangles (probability above 0.5) at IoU 0.5,
+recall of the predictions the model calls rectangles (score above 0.5: the softmax
+probability of "rectangle", or with `"rt-detr"` the sigmoid of its logit) at IoU 0.5,
 and the matched error (the mean L1 distance, in pixels, between each true box and the
 prediction matched to it), then draws a few images with their detections. matplotlib is
 needed for the picture only and is imported when the demo runs:
@@ -35,11 +45,13 @@ from hungarian_loss.detr import DETRLoss
 from hungarian_loss.loss import HungarianLoss
 
 __all__ = [
+    "RECIPES",
     "DemoResult",
     "build_model",
     "detection_scores",
     "main",
     "make_data",
+    "make_loss",
     "matched_error",
     "object_probability",
     "run",
@@ -51,9 +63,17 @@ NUM_PREDICTIONS = 16
 EOS_COEF = 0.6  # the weight of "no object" for unmatched predictions (DETR: 0.1)
 EPOCHS = 16
 BATCH_SIZE = 32
-THRESHOLD = 0.5  # a prediction is a detection when its "rectangle" probability is above it
+THRESHOLD = 0.5  # a prediction is a detection when its "rectangle" score is above it
 IOU_THRESHOLD = 0.5  # a detection is right when its IoU with a true box is at least this
 DETR_BOX_COST = {"l1": 5.0, "giou": 2.0}
+RECIPES = ("detr", "rt-detr")
+# The logits of each prediction, by recipe: "rectangle" and "no object" (softmax), or
+# "rectangle" alone (sigmoid).
+NUM_LOGITS = {"detr": 2, "rt-detr": 1}
+LOSS_NAMES = {
+    "detr": f"DETRLoss(eos_coef={EOS_COEF})",
+    "rt-detr": "DETRLoss.rt_detr(denoising_groups=0)",
+}
 INSTALL_HINT = (
     "The demo draws its picture with matplotlib, which is not installed.\n"
     "Install it with:  python -m pip install 'hungarian-loss[demo]'\n"
@@ -76,6 +96,7 @@ class DemoResult:
         recall_after: Recall after training.
         seconds: Wall-clock time of the whole run.
         output: Path of the PNG written.
+        recipe: The recipe trained: `"detr"` or `"rt-detr"`.
     """
 
     error_before: float
@@ -86,6 +107,7 @@ class DemoResult:
     recall_after: float
     seconds: float
     output: Path
+    recipe: str = "detr"
 
 
 def make_data(
@@ -143,13 +165,17 @@ def _overlap(a: tuple[int, ...], b: tuple[int, ...], gap: int) -> bool:
 
 
 def build_model(
-    image_size: int = IMAGE_SIZE, num_predictions: int = NUM_PREDICTIONS
+    image_size: int = IMAGE_SIZE,
+    num_predictions: int = NUM_PREDICTIONS,
+    recipe: str = "detr",
 ) -> keras.Model:
-    """A small CNN: image in, `num_predictions` items out, `[B, N, 4 + 1 + 1]`.
+    """A small CNN: image in, `num_predictions` items out, `[B, N, 4 + logits]`.
 
-    Each item is a box (`"center_xywh"`, sigmoid) and two logits: "rectangle" and
-    "no object".
+    Each item is a box (`"center_xywh"`, sigmoid) and, with the `"detr"` recipe, two
+    logits, "rectangle" and "no object" (`[B, N, 6]`); with `"rt-detr"`, one sigmoid
+    logit, "rectangle" (`[B, N, 5]`).
     """
+    num_logits = NUM_LOGITS[_checked(recipe)]
     inputs = keras.Input((image_size, image_size, 1))
     x = _AddCoordinates()(inputs)  # where each pixel is: boxes are positions
     for filters, stride in ((16, 2), (32, 2), (64, 2), (64, 1)):  # 64 -> 32 -> 16 -> 8 pixels
@@ -157,11 +183,11 @@ def build_model(
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dense(256, activation="relu")(x)
     boxes = keras.layers.Dense(num_predictions * 4, activation="sigmoid")(x)
-    logits = keras.layers.Dense(num_predictions * 2)(x)
+    logits = keras.layers.Dense(num_predictions * num_logits)(x)
     outputs = keras.layers.Concatenate(axis=-1)(
         [
             keras.layers.Reshape((num_predictions, 4))(boxes),
-            keras.layers.Reshape((num_predictions, 2))(logits),
+            keras.layers.Reshape((num_predictions, num_logits))(logits),
         ]
     )
     return keras.Model(inputs, outputs, name="rectangle_detector")
@@ -182,8 +208,36 @@ class _AddCoordinates(keras.layers.Layer):
         return (*input_shape[:-1], input_shape[-1] + 2)
 
 
-def object_probability(y_pred: np.ndarray) -> np.ndarray:
-    """The probability of "rectangle" of each prediction `[B, N]`: softmax of the logits."""
+def make_loss(recipe: str = "detr") -> DETRLoss:
+    """The loss of a recipe.
+
+    `"detr"`: `DETRLoss(eos_coef=0.6)`, DETR's weights with a heavier "no object" term
+    (a small model trained briefly otherwise keeps duplicates of its detections), each
+    sample normalized by its own boxes. `"rt-detr"`: `DETRLoss.rt_detr(denoising_groups=0)`
+    as it is, batch normalization and reduction "sum" included (the demo's model has no
+    decoder, hence no denoising queries).
+    """
+    if _checked(recipe) == "rt-detr":
+        return DETRLoss.rt_detr(denoising_groups=0)
+    return DETRLoss(eos_coef=EOS_COEF)
+
+
+def _checked(recipe: str) -> str:
+    """`recipe` if it is one of `RECIPES`, else a `ValueError`."""
+    if recipe not in RECIPES:
+        raise ValueError(f"Expected recipe to be one of {RECIPES}. Received: recipe={recipe!r}")
+    return recipe
+
+
+def object_probability(y_pred: np.ndarray, recipe: str = "detr") -> np.ndarray:
+    """The score of "rectangle" of each prediction, `[B, N]`.
+
+    `"detr"`: the softmax probability of "rectangle" against "no object".
+    `"rt-detr"`: the sigmoid of the "rectangle" logit (trained by the varifocal loss
+    towards the IoU of the prediction's box with its object's).
+    """
+    if _checked(recipe) == "rt-detr":
+        return np.asarray(1.0 / (1.0 + np.exp(-y_pred[..., 4].astype("float64"))))
     logits = y_pred[..., 4:].astype("float64")  # [B, N, 2]
     logits = logits - logits.max(axis=-1, keepdims=True)
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
@@ -223,25 +277,27 @@ def detection_scores(
     y_pred: np.ndarray,
     threshold: float = THRESHOLD,
     iou_threshold: float = IOU_THRESHOLD,
+    recipe: str = "detr",
 ) -> tuple[float, float]:
     """Precision and recall of the detections at an IoU threshold, over a batch.
 
-    The detections are the predictions whose "rectangle" probability is above
-    `threshold`. In each image, taken from the most to the least probable, a detection
+    The detections are the predictions whose "rectangle" score (`object_probability`)
+    is above `threshold`. In each image, taken from the most to the least probable, a detection
     is right when it overlaps a true box not yet taken with IoU >= `iou_threshold`
     (the greedy rule of detection benchmarks such as PASCAL VOC).
 
     Args:
         y_true: Targets `[B, M, 5]`, padding rows all -1.
-        y_pred: Predictions `[B, N, 4 + 2]`.
-        threshold: Probability above which a prediction is a detection.
+        y_pred: Predictions `[B, N, 4 + 2]` (`"detr"`) or `[B, N, 4 + 1]` (`"rt-detr"`).
+        threshold: Score above which a prediction is a detection.
         iou_threshold: Least IoU of a right detection with its true box.
+        recipe: Which scores `y_pred` holds: `"detr"` or `"rt-detr"`.
 
     Returns:
         `(precision, recall)`: right detections over detections (0 when there are
         none) and over true boxes.
     """
-    probabilities = object_probability(y_pred)  # [B, N]
+    probabilities = object_probability(y_pred, recipe)  # [B, N]
     right = detections = boxes = 0
     for targets, predictions, scores in zip(y_true, y_pred, probabilities, strict=True):
         targets = targets[~np.all(targets == -1.0, axis=1), :4].astype("float64")
@@ -268,6 +324,7 @@ def run(
     output: str | Path = "hungarian_demo.png",
     batch_size: int = BATCH_SIZE,
     verbose: int = 1,
+    recipe: str = "detr",
 ) -> DemoResult:
     """Trains the rectangle detector and draws its detections; prints what it does.
 
@@ -281,19 +338,23 @@ def run(
         output: Path of the PNG to write.
         batch_size: Training batch size.
         verbose: Keras `fit` verbosity: 0 silent, 1 progress bar, 2 one line per epoch.
+        recipe: `"detr"` (softmax with "no object", `DETRLoss(eos_coef=0.6)`) or
+            `"rt-detr"` (one sigmoid logit, `DETRLoss.rt_detr(denoising_groups=0)`).
 
     Returns:
         The precision, recall and matched error before and after training, the run
-        time and the path of the picture.
+        time, the path of the picture and the recipe.
 
     Raises:
         ModuleNotFoundError: if matplotlib is not installed.
+        ValueError: if `recipe` is not one of `RECIPES`.
     """
+    _checked(recipe)
     start = time.perf_counter()
     pyplot = _import_pyplot()  # fail before training, not after
     output = Path(output)
     with _deterministic():
-        return _run(pyplot, output, epochs, samples, seed, batch_size, verbose, start)
+        return _run(pyplot, output, epochs, samples, seed, batch_size, verbose, start, recipe)
 
 
 def _run(
@@ -305,32 +366,42 @@ def _run(
     batch_size: int,
     verbose: int,
     start: float,
+    recipe: str,
 ) -> DemoResult:
     """The body of `run`, with deterministic kernels switched on."""
     keras.utils.set_random_seed(seed)
     x_train, y_train = make_data(samples, seed=seed)
     x_test, y_test = make_data(max(64, samples // 8), seed=seed + 1)
-    print(
-        f"hungarian-loss demo (Keras {keras.__version__}, backend {keras.backend.backend()}): "
-        f"{samples} training and {len(x_test)} held-out {IMAGE_SIZE}x{IMAGE_SIZE} images, "
-        f"1 to {MAX_OBJECTS} rectangles each; the model predicts {NUM_PREDICTIONS} boxes "
-        f'with "rectangle" and "no object" logits, trained with DETRLoss(eos_coef={EOS_COEF}).'
+    logits = (
+        'a sigmoid "rectangle" logit (no "no object" logit)'
+        if recipe == "rt-detr"
+        else '"rectangle" and "no object" logits'
     )
+    print(
+        f"hungarian-loss demo, recipe {recipe} (Keras {keras.__version__}, backend "
+        f"{keras.backend.backend()}): {samples} training and {len(x_test)} held-out "
+        f"{IMAGE_SIZE}x{IMAGE_SIZE} images, 1 to {MAX_OBJECTS} rectangles each; the model "
+        f"predicts {NUM_PREDICTIONS} boxes with {logits}, trained with {LOSS_NAMES[recipe]}."
+    )
+    if recipe == "rt-detr":
+        print(
+            "The CNN has no decoder, so there are no denoising queries (denoising_groups=0): "
+            "this exercises the recipe's varifocal loss, matching weights 2/5/2 and batch "
+            "normalization (reduction 'sum')."
+        )
 
-    # DETR's weights, and a heavier "no object" term: a small model trained briefly
-    # otherwise keeps duplicates of its detections.
-    loss = DETRLoss(eos_coef=EOS_COEF)
-    model = build_model()
+    loss = make_loss(recipe)
+    model = build_model(recipe=recipe)
     steps = epochs * -(-samples // batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(2e-3, decay_steps=steps, alpha=0.05)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
 
     def measure(when: str) -> tuple[np.ndarray, float, float, float]:
         predictions = model.predict(x_test, batch_size=256, verbose=0)
-        precision, recall = detection_scores(y_test, predictions)
+        precision, recall = detection_scores(y_test, predictions, recipe=recipe)
         error = matched_error(loss, y_test, predictions)
         print(
-            f"{when}: precision {precision:.3f}, recall {recall:.3f} "
+            f"{recipe}, {when}: precision {precision:.3f}, recall {recall:.3f} "
             f"(p > {THRESHOLD}, IoU >= {IOU_THRESHOLD}); matched error {error:.2f} px "
             "(mean L1 per matched box)"
         )
@@ -357,6 +428,7 @@ def _run(
             f"before training\nP {precision_before:.2f}, R {recall_before:.2f}": before[shown],
             f"after {epochs} epochs\nP {precision_after:.2f}, R {recall_after:.2f}": after[shown],
         },
+        recipe,
     )
     seconds = time.perf_counter() - start
     print(f"wrote {output} ({seconds:.0f} s in all)")
@@ -369,6 +441,7 @@ def _run(
         recall_after,
         seconds,
         output,
+        recipe,
     )
 
 
@@ -415,6 +488,7 @@ def _draw(
     images: np.ndarray,
     y_true: np.ndarray,
     rows: dict[str, np.ndarray],
+    recipe: str = "detr",
 ) -> None:
     """One row per entry of `rows`: the images, true boxes, and the detections (p > 0.5)."""
     columns = len(images)
@@ -422,7 +496,7 @@ def _draw(
         len(rows), columns, figsize=(2.6 * columns, 2.9 * len(rows)), squeeze=False
     )
     for row, (title, y_pred) in enumerate(rows.items()):
-        probabilities = object_probability(y_pred)  # [B, N]
+        probabilities = object_probability(y_pred, recipe)  # [B, N]
         for column in range(columns):
             axis = axes[row, column]
             axis.imshow(images[column, :, :, 0], cmap="gray", vmin=0.0, vmax=1.0)
@@ -449,8 +523,9 @@ def _draw(
         ),
     ]
     figure.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    kind = '"rectangle" / "no object"' if recipe == "detr" else 'sigmoid "rectangle"'
     figure.suptitle(
-        f'DETRLoss(eos_coef={EOS_COEF}): a "rectangle" / "no object" detector, held-out images',
+        f"recipe {recipe}, {LOSS_NAMES[recipe]}: a {kind} detector, held-out images",
         fontsize=10,
     )
     figure.tight_layout(rect=(0.0, 0.05, 1.0, 1.0))
@@ -474,7 +549,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "Train a small CNN to detect 1 to 5 rectangles in synthetic 64x64 images, as a "
             "set of 16 boxes with 'rectangle' / 'no object' scores, with DETRLoss; print the "
             "precision, recall and matched error before and after training and draw the "
-            "detections."
+            "detections. --recipe rt-detr trains one sigmoid logit per box with RT-DETR's "
+            "criterion instead."
+        ),
+    )
+    parser.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        default="detr",
+        help=(
+            "the loss and the head: detr (default; softmax 'rectangle' / 'no object', "
+            f"DETRLoss(eos_coef={EOS_COEF})) or rt-detr (one sigmoid logit, "
+            "DETRLoss.rt_detr(denoising_groups=0): varifocal loss, matching 2/5/2)"
         ),
     )
     parser.add_argument(
@@ -522,6 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             output=args.output,
             verbose=args.verbose,
+            recipe=args.recipe,
         )
     except ModuleNotFoundError as error:
         if error.name != "matplotlib":
