@@ -205,7 +205,10 @@ def test_tiny_rt_detr_run_trains_one_sigmoid_logit(
 
 @pytest.mark.slow
 def test_short_training_finds_rectangles(tmp_path: Path) -> None:
-    result = run(epochs=4, samples=1024, seed=0, output=tmp_path / "demo.png", verbose=0)
+    # 8 epochs: at 4, recall sat at the 0.2 bar (0.1995 on TensorFlow with the 2.0.0 code,
+    # 0.17 and 0.15 on TF and JAX once DETRLoss's terms were rewritten, the same values in
+    # another float order); at 8 it is 0.52 (TF) and 0.40 (JAX).
+    result = run(epochs=8, samples=1024, seed=0, output=tmp_path / "demo.png", verbose=0)
     assert result.output.is_file()
     assert result.error_after < 0.5 * result.error_before, result
     assert result.recall_before < 0.05 and result.recall_after > 0.2, result
