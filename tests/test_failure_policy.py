@@ -612,7 +612,7 @@ BATCH, M, N, CLASSES = 8, 4, 3, 3  # M > N; padding rows make M <= N too
 
 # Layout: y_true = [box (4), class id], y_pred = [box (4), CLASSES logits]; boxes in xyxy.
 BOX = [0, 4]
-READS_BOXES = {"iou", "giou", "weighted"}  # a target box of negative size is invalid there
+READS_BOXES = {"iou", "giou", "diou", "ciou", "weighted"}  # negative-size target boxes: invalid
 PROPERTY_COSTS = {
     "l1": L1Cost(channels=BOX),
     "l2": L2Cost(channels=BOX),
