@@ -106,7 +106,11 @@ def compiled(fn: Any) -> Any:
         import tensorflow as tf
 
         return tf.function(fn, jit_compile=True)
-    return fn
+
+    def eager(*args: Any) -> Any:  # torch: tensors in, as a compiled function would get
+        return fn(*keras.tree.map_structure(keras.ops.convert_to_tensor, args))
+
+    return eager
 
 
 # ----- synthetic outputs -----------------------------------------------------------------
@@ -264,11 +268,12 @@ def test_matching_is_scipys_optimum_of_the_detectors_cost(detector: Any) -> None
     labels, boxes = LABELS, BOXES
 
     def match(y_pred: dict[str, Any]) -> Any:
+        t_labels, t_boxes = keras.ops.convert_to_tensor(labels), keras.ops.convert_to_tensor(boxes)
         sets = hk._prediction_sets(detector, y_pred)
-        real = keras.ops.greater_equal(labels, 0)
-        matched = hk._match_sets(detector, sets, labels, boxes, real)
+        real = keras.ops.greater_equal(t_labels, 0)
+        matched = hk._match_sets(detector, sets, t_labels, t_boxes, real)
         costs = {
-            name: hk.matching_cost(detector, s["logits"], s["pred_boxes"], labels, boxes)
+            name: hk.matching_cost(detector, s["logits"], s["pred_boxes"], t_labels, t_boxes)
             for name, s in sets.items()
         }
         return matched, costs
