@@ -26,7 +26,6 @@ __all__ = ["DETRLoss", "DETRLossTerm"]
 Tensor = Any
 
 CLASSIFICATIONS = ("softmax", "focal", "varifocal", "mal")
-SIGMOID = ("focal", "varifocal", "mal")
 NORMALIZATIONS = ("sample", "batch")
 BOX_LOSSES = {"giou": "GIoUCost", "diou": "DIoUCost", "ciou": "CIoUCost"}
 _NAN = float("nan")
