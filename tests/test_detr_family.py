@@ -346,6 +346,89 @@ def test_gradients_are_finite_and_carry_none_through_the_weights() -> None:
     assert grad[1, 0, query, 4 + c] == pytest.approx(t * (p_c - t) / 3, rel=1e-4, abs=1e-7)
 
 
+# The sigmoid class terms have a hand-written gradient (one pass per logit, see
+# `detr/_classification.py`): checked here against central differences of a NumPy
+# reference in float64, with `sigmoid(x)^gamma` held fixed in the varifocal and MAL weights.
+CLASS_TERMS = [
+    ("focal", 0.25, 2.0, None),
+    ("focal", 0.4, 1.5, None),
+    ("varifocal", 0.75, 2.0, None),
+    ("varifocal", 0.6, 0.7, None),
+    ("mal", None, 1.5, None),
+    ("mal", None, 2.0, 0.5),
+]
+
+
+def class_term_reference(
+    kind: str,
+    x: np.ndarray,
+    weight_x: np.ndarray,
+    owner_class: np.ndarray,
+    iou: np.ndarray,
+    alpha: float | None,
+    gamma: float,
+    mal_alpha: float | None,
+) -> np.ndarray:
+    """The class term per problem `[P]` of logits `x [P, Q, K]` (float64).
+
+    `weight_x` gives the `sigmoid^gamma` of the varifocal and MAL weights (no gradient).
+    """
+    onehot = (np.arange(x.shape[-1]) == owner_class[..., None]).astype("float64")
+    p, p_weight = scipy.special.expit(x), scipy.special.expit(weight_x)
+    if kind == "focal":
+        bce = np.logaddexp(0, x) - x * onehot
+        p_t = p * onehot + (1 - p) * (1 - onehot)
+        alpha_t = alpha * onehot + (1 - alpha) * (1 - onehot)
+        return np.sum(alpha_t * (1 - p_t) ** gamma * bce, axis=(1, 2))
+    score = onehot * iou[..., None] ** (1.0 if kind == "varifocal" else gamma)
+    bce = np.logaddexp(0, x) - x * score
+    if kind == "varifocal":
+        weight = alpha * p_weight**gamma * (1 - onehot) + score
+    else:
+        factor = 1.0 if mal_alpha is None else mal_alpha
+        weight = factor * p_weight**gamma * (1 - onehot) + onehot
+    return np.sum(weight * bce, axis=(1, 2))
+
+
+@pytest.mark.parametrize(("kind", "alpha", "gamma", "mal_alpha"), CLASS_TERMS)
+def test_class_terms_and_their_gradients_against_numpy(
+    kind: str, alpha: float | None, gamma: float, mal_alpha: float | None
+) -> None:
+    from hungarian_loss.detr import _classification as terms
+
+    rng = np.random.default_rng(7)
+    problems, queries, classes = 2, 5, 3
+    x = rng.normal(0.0, 3.0, (problems, queries, classes)).astype("float32")
+    x[0, 0, :] = [-30.0, 30.0, 0.0]  # saturated logits
+    owner_class = np.array([[1, -1, 0, -1, 2], [-1, -1, -1, 2, 1]], "int32")
+    iou = np.where(owner_class >= 0, rng.uniform(0.05, 1.0, owner_class.shape), 0.0)
+    iou = iou.astype("float32")
+
+    def term(logits: object) -> object:
+        query_class = keras.ops.convert_to_tensor(owner_class)
+        query_iou = keras.ops.convert_to_tensor(iou)
+        if kind == "focal":
+            return terms.focal(logits, query_class, alpha, gamma)
+        if kind == "varifocal":
+            return terms.varifocal(logits, query_class, query_iou, alpha, gamma)
+        return terms.matchability_aware(logits, query_class, query_iou, mal_alpha, gamma)
+
+    value, (grad,) = value_and_grads(term, x)
+    x64 = x.astype("float64")
+    args = (owner_class, iou.astype("float64"), alpha, gamma, mal_alpha)
+    expected = class_term_reference(kind, x64, x64, *args)
+    np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
+    step, numeric = 1e-5, np.zeros_like(x64)
+    for index in np.ndindex(x.shape):
+        shift = np.zeros_like(x64)
+        shift[index] = step
+        moving = kind == "focal"  # the focal weight moves with x; the others' is fixed
+        up = class_term_reference(kind, x64 + shift, x64 + shift if moving else x64, *args)
+        down = class_term_reference(kind, x64 - shift, x64 - shift if moving else x64, *args)
+        numeric[index] = (up - down)[index[0]] / (2 * step)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-6)
+
+
 # ----- errors and config -----------------------------------------------------------------------
 
 

@@ -494,8 +494,17 @@ class _ClassCost(PairwiseCost):
             )
         return logits
 
-    def _at_true_class(self, y_true: Tensor, per_class: Tensor) -> Tensor:
-        """`per_class [B, N, C]` at each true class id: `[B, M, N]`, 0 for ids not in `[0, C)`."""
+    def _at_true_class(
+        self,
+        y_true: Tensor,
+        per_class: Tensor,
+        elementwise: Callable[[Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """`per_class [B, N, C]` at each true class id: `[B, M, N]`, 0 for ids not in `[0, C)`.
+
+        `elementwise`, if given, is applied to the values picked (a cost of one logit
+        computed on `[B, M, N]` rather than on every class, `[B, N, C]`).
+        """
         depth = y_true.shape[-1]
         if depth is not None and not -depth <= self.class_index < depth:
             raise ValueError(
@@ -509,6 +518,8 @@ class _ClassCost(PairwiseCost):
         classes = ops.cast(ops.where(valid, ids, 0.0), "int32")  # [B, M]
         by_class = ops.swapaxes(per_class, -1, -2)  # [B, C, N]
         picked = ops.take_along_axis(by_class, classes[..., None], axis=-2)  # [B, M, N]
+        if elementwise is not None:
+            picked = elementwise(picked)
         picked = ops.where(valid[..., None], picked, 0.0)  # [B, M, N]
         return ops.where(ops.isnan(ids)[..., None], float("nan"), picked)  # [B, M, N]
 
@@ -611,21 +622,24 @@ class FocalClassCost(_ClassCost):
 
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         """The focal class cost of every pair, `[B, M, N]`."""
-        logits = self._logits(y_pred)  # [B, N, C]
+        return self._at_true_class(y_true, self._logits(y_pred), self._cost)  # [B, M, N]
+
+    def _cost(self, logits: Tensor) -> Tensor:
+        """The cost of each logit at its true class, elementwise."""
         # p = sigmoid(x) and q = 1 - p = sigmoid(-x), both exact, from one exp.
-        e = ops.exp(-ops.abs(logits))  # [B, N, C], in (0, 1]
+        e = ops.exp(-ops.abs(logits))  # in (0, 1]
         positive_side = logits >= 0.0
-        p = ops.where(positive_side, 1.0, e) / (1.0 + e)  # [B, N, C]
-        q = ops.where(positive_side, e, 1.0) / (1.0 + e)  # [B, N, C]
+        p = ops.where(positive_side, 1.0, e) / (1.0 + e)
+        q = ops.where(positive_side, e, 1.0) / (1.0 + e)
         if self.gamma.is_integer():  # multiplications: finite gradients, fewer exps
             p_gamma, q_gamma = ops.power(p, int(self.gamma)), ops.power(q, int(self.gamma))
         else:  # log space: finite gradients for every gamma >= 0
-            log1p_e = ops.log1p(e)  # [B, N, C]
+            log1p_e = ops.log1p(e)
             p_gamma = ops.exp(-self.gamma * (log1p_e + ops.maximum(-logits, 0.0)))
             q_gamma = ops.exp(-self.gamma * (log1p_e + ops.maximum(logits, 0.0)))
-        positive = self.alpha * q_gamma * -ops.log(p + _FOCAL_EPSILON)  # [B, N, C]
-        negative = (1.0 - self.alpha) * p_gamma * -ops.log(q + _FOCAL_EPSILON)  # [B, N, C]
-        return self._at_true_class(y_true, positive - negative)  # [B, M, N]
+        positive = self.alpha * q_gamma * -ops.log(p + _FOCAL_EPSILON)
+        negative = (1.0 - self.alpha) * p_gamma * -ops.log(q + _FOCAL_EPSILON)
+        return positive - negative
 
 
 @keras.saving.register_keras_serializable(package="hungarian_loss")

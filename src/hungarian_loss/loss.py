@@ -461,14 +461,17 @@ class HungarianLoss(keras.losses.Loss):
 
     # ----- the boundary: inputs, costs and masks are checked here ---------------------------
 
-    def _matching_cost(self, y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor]:
+    def _matching_cost(
+        self, y_true: Tensor, y_pred: Tensor, finite_pred: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """The cost to match with, `[B, M, N]`, without gradient, and the invalid targets.
 
         The cost is `inf` (a forbidden pair) where the target is invalid (a non-finite
         value, or a rule of `invalid_targets`) or the prediction has a non-finite
         value. The loss recomputes the cost of the matched pairs with gradients.
         Returns the cost and the bool mask `[B, M]` of invalid targets (padding rows
-        included: AND it with the target mask).
+        included: AND it with the target mask). `finite_pred [B, N]`, where the caller
+        has it already: the predictions that are finite in every channel.
         """
         y_true, y_pred = ops.stop_gradient(y_true), ops.stop_gradient(y_pred)
         label = self._cost_label(self.pairwise_cost)
@@ -476,7 +479,8 @@ class HungarianLoss(keras.losses.Loss):
         invalid = self._checked_invalid_targets(y_true, y_pred)  # [B, M]
         # Non-finite targets stay unmatched even if an override forgets the rule.
         invalid = ops.logical_or(invalid, ops.logical_not(_finite_rows(y_true)))
-        finite_pred = _finite_rows(y_pred)  # [B, N]
+        if finite_pred is None:
+            finite_pred = _finite_rows(y_pred)  # [B, N]
         usable = ops.logical_and(ops.logical_not(invalid)[:, :, None], finite_pred[:, None, :])
         return ops.where(usable, cost, _INF), invalid
 
@@ -588,6 +592,7 @@ def _failure_policy(
     indices: Tensor,
     target_mask: Tensor,
     broken: Tensor,
+    nan_pred: Tensor | None = None,
 ) -> Tensor:
     """The per-sample `loss [B]`, made `inf` or `NaN` where the sample is broken.
 
@@ -596,10 +601,13 @@ def _failure_policy(
     target is invalid (`broken [B]`: a non-finite value or a rule of
     `invalid_targets`), or `NaN` in a prediction of a sample with a real target, or in
     the cost of a real target. The `where` passes no gradient to such a sample's loss.
+    `nan_pred [B]`, where the caller has it already: whether `y_pred` holds a `NaN`.
     """
     num_predictions = y_pred.shape[1]
     has_target = ops.any(target_mask, axis=1)  # [B]
-    nan_pred = ops.logical_and(ops.any(_nan_rows(y_pred), axis=1), has_target)  # [B]
+    if nan_pred is None:
+        nan_pred = ops.any(_nan_rows(y_pred), axis=1)  # [B]
+    nan_pred = ops.logical_and(nan_pred, has_target)  # [B]
     nan_cost = ops.any(ops.logical_and(ops.isnan(cost), target_mask[:, :, None]), axis=(1, 2))
     is_nan = ops.logical_or(ops.logical_or(broken, nan_pred), nan_cost)  # [B]
     matched = ops.sum(ops.cast(indices >= 0, "int32"), axis=1)  # [B]

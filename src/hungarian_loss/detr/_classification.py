@@ -1,9 +1,10 @@
 r"""The classification terms of `DETRLoss`, one short function per kind.
 
-Each term is computed over every query of a problem (a row of the flattened batch,
-`P = B * S` rows) and returns its sum per row `[P]`; `DETRLoss` divides by the counts.
-The matching enters as `indices [P, M]` (the query of each target, -1 where unmatched)
-and `classes [P, M]` (each target's id, valid where matched).
+Each term is computed over every query and class of a problem (a row of the flattened
+batch, `P = B * S` rows) and returns its sum per row `[P]`; `DETRLoss` divides by the
+counts. The matching enters per query: `query_class [P, Q]`, the class of the target a
+query is assigned to (-1 for none), and for the IoU-aware kinds `query_iou [P, Q]`, the
+IoU of its box with that target's (0 for none, no gradient).
 
 ```
 softmax     CE(x_j, c_i) on matched j;  eos_coef * CE(x_j, no object) on the others
@@ -13,7 +14,14 @@ mal         BCE(x, t) * (alpha p^gamma (1 - onehot) + onehot), t = IoU^gamma * o
 ```
 
 with `p = sigmoid(x)` taken without gradient in the varifocal and matchability-aware
-weights, and the IoU (of each matched query's box with its target's) without gradient.
+weights. The one-hot is a comparison inside the elementwise computation, never a
+`[P, Q, K]` tensor of its own.
+
+Speed. With denoising groups these terms cover `[B * S, Q, K]` logits (RT-DETR: 48 x 900
+x 80 floats, 14 MB), and on the CPU their time is passes over memory. The sigmoid kinds
+therefore have a hand-written gradient (`_fused_sigmoid_term`): one pass computes each
+logit's value and gradient from the logit alone, where automatic differentiation kept
+the sigmoid, the softplus and the weight as tensors of their own.
 """
 
 from __future__ import annotations
@@ -24,157 +32,201 @@ from typing import Any
 from keras import ops
 
 Tensor = Any
-
-
-def query_targets(indices: Tensor, values: Tensor, num_queries: int) -> Tensor:
-    """Scatters a value per target to its matched query: `[P, M, C] -> [P, Q, C]`.
-
-    A gather, not a product with the `[P, M, Q]` incidence matrix: `O(P * (M + C) * Q)`.
-    Each query is matched to at most one target.
-
-    Args:
-        indices: int32 `[P, M]`, the query matched to each target, -1 where unmatched.
-        values: `[P, M, C]`, what each target gives its query (zeros where unmatched).
-        num_queries: Q.
-
-    Returns:
-        `[P, Q, C]`: at each matched query its target's value, zeros elsewhere.
-    """
-    if values.shape[1] == 0:  # no target: nothing to scatter
-        return ops.zeros((ops.shape(values)[0], num_queries, values.shape[2]), values.dtype)
-    queries = ops.arange(num_queries, dtype="int32")  # [Q]
-    hit = ops.equal(indices[:, :, None], queries[None, None, :])  # [P, M, Q]
-    owner = ops.cast(ops.argmax(ops.cast(hit, "int32"), axis=1), "int32")  # [P, Q]
-    gathered = ops.take_along_axis(values, owner[:, :, None], axis=1)  # [P, Q, C]
-    return ops.where(ops.any(hit, axis=1)[:, :, None], gathered, 0.0)  # [P, Q, C]
+# (x, p = sigmoid(x), softplus(x), t) -> value or gradient, elementwise; t is the target
+# score [P, Q, 1] of a positive.
+_Elementwise = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
 def softmax_cross_entropy(
-    logits: Tensor,
-    classes: Tensor,
-    indices: Tensor,
-    eos_coef: float,
-    to_queries: Callable[[Tensor], Tensor] | None = None,
+    logits: Tensor, query_class: Tensor, eos_coef: float
 ) -> tuple[Tensor, Tensor]:
     """DETR's weighted cross-entropy with a "no object" class (the last logit).
 
     Args:
         logits: `[P, Q, K + 1]`.
-        classes: int32 `[P, M]`, the class of each target, in `[0, K)`.
-        indices: int32 `[P, M]`.
+        query_class: int32 `[P, Q]`, the class of each query's target in `[0, K)`, -1
+            for a query without one ("no object").
         eos_coef: Weight of the "no object" term of unmatched queries.
-        to_queries: Puts a value per target `[P, M, C]` on its query `[P, Q, C]`;
-            defaults to `query_targets` with `indices`.
 
     Returns:
         The weighted sum `[P]` and the total weight `[P]`
         (`matched + eos_coef * unmatched`).
     """
-    num_classes = logits.shape[-1] - 1
+    no_object = logits.shape[-1] - 1
+    matched = query_class >= 0  # [P, Q]
+    label = ops.where(matched, query_class, no_object)  # [P, Q]
     log_probs = ops.log_softmax(logits, axis=-1)  # [P, Q, K + 1]
-    one_hot = ops.one_hot(classes, num_classes + 1, dtype=logits.dtype)  # [P, M, K + 1]
-    matched = ops.cast(indices >= 0, logits.dtype)[:, :, None]  # [P, M, 1]
-    if to_queries is None:
-        labels = query_targets(indices, one_hot * matched, logits.shape[1])  # [P, Q, K + 1]
-    else:
-        labels = to_queries(one_hot * matched)  # [P, Q, K + 1]
-    is_matched = ops.sum(labels, axis=-1)  # [P, Q]: 1 for matched queries
-    no_object = ops.cast(ops.arange(num_classes + 1) == num_classes, logits.dtype)  # [K + 1]
-    labels = labels + (1.0 - is_matched)[:, :, None] * no_object  # [P, Q, K + 1]
-    weight = is_matched + eos_coef * (1.0 - is_matched)  # [P, Q]
-    cross_entropy = -ops.sum(labels * log_probs, axis=-1)  # [P, Q]
-    return ops.sum(weight * cross_entropy, axis=1), ops.sum(weight, axis=1)
+    picked = ops.sum(ops.where(_one_hot(label, no_object + 1), log_probs, 0.0), axis=-1)
+    weight = ops.where(matched, 1.0, eos_coef)  # [P, Q]
+    return -ops.sum(weight * picked, axis=1), ops.sum(weight, axis=1)
 
 
-def _softplus_and_sigmoid(logits: Tensor) -> tuple[Tensor, Tensor]:
-    """`softplus(x)` and `sigmoid(x)`, each by its own stable op.
-
-    The class terms run over every query and class, `[P, Q, K]`, and their CPU time is
-    the transcendental functions. Sharing one `exp(-|x|)` between the two needs one
-    transcendental fewer but fuses worse under XLA on the CPU: it measured 1.9x slower
-    (forward and backward, `[48, 600, 80]`, JAX).
-    """
-    return ops.softplus(logits), ops.sigmoid(logits)
-
-
-def _weight_power(p: Tensor, gamma: float) -> Tensor:
-    """`p^gamma` for `p` in `[0, 1]`, without gradient (a weight).
-
-    Multiplications where `gamma` is a whole or half number, else through the logarithm.
-    """
-    if float(gamma).is_integer():
-        result = ops.power(p, int(gamma))
-    elif float(2 * gamma).is_integer():
-        result = ops.power(p, int(gamma)) * ops.sqrt(p)
-    else:
-        result = ops.exp(gamma * ops.log(ops.maximum(p, 1e-30)))
-    return ops.stop_gradient(result)
-
-
-def focal(logits: Tensor, one_hot: Tensor, alpha: float, gamma: float) -> Tensor:
+def focal(logits: Tensor, query_class: Tensor, alpha: float, gamma: float) -> Tensor:
     """Deformable DETR's sigmoid focal loss, summed over queries and classes `[P]`.
 
     Args:
         logits: `[P, Q, K]`.
-        one_hot: `[P, Q, K]`, 1 at the class of each matched query's target.
+        query_class: int32 `[P, Q]`, the class of each query's target (-1: none).
         alpha: Weight of the positives (`1 - alpha` for the negatives).
         gamma: Focusing exponent.
 
     Returns:
         `[P]`.
     """
-    softplus, _ = _softplus_and_sigmoid(logits)
-    bce = softplus - logits * one_hot  # [P, Q, K]
-    # log(1 - p_t) = -softplus(x) where t = 1 and log(p) = x - softplus(x) where t = 0, so
-    # (1 - p_t)^gamma = exp(-gamma * (softplus(x) - x (1 - t))): finite gradients for any gamma.
-    modulating = ops.exp(-gamma * (softplus - logits * (1.0 - one_hot)))  # [P, Q, K]
-    alpha_t = alpha * one_hot + (1.0 - alpha) * (1.0 - one_hot)  # [P, Q, K]
-    return ops.sum(alpha_t * modulating * bce, axis=(1, 2))
+
+    def negative(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
+        return (1.0 - alpha) * _power(p, gamma, x - softplus) * softplus  # BCE(x, 0)
+
+    def negative_grad(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
+        modulating = (1.0 - alpha) * _power(p, gamma, x - softplus)
+        return modulating * (gamma * (1.0 - p) * softplus + p)
+
+    def positive(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
+        return alpha * _power(1.0 - p, gamma, -softplus) * (softplus - x)  # BCE(x, 1)
+
+    def positive_grad(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
+        modulating = alpha * _power(1.0 - p, gamma, -softplus)
+        return -modulating * (gamma * p * (softplus - x) + (1.0 - p))
+
+    zeros = ops.zeros_like(ops.cast(query_class, logits.dtype))
+    return _fused_sigmoid_term(
+        logits, query_class, zeros, (negative, negative_grad), (positive, positive_grad)
+    )
 
 
-def varifocal(logits: Tensor, one_hot: Tensor, iou: Tensor, alpha: float, gamma: float) -> Tensor:
+def varifocal(
+    logits: Tensor, query_class: Tensor, query_iou: Tensor, alpha: float, gamma: float
+) -> Tensor:
     """The varifocal loss of RT-DETR and D-FINE, summed over queries and classes `[P]`.
 
     Args:
         logits: `[P, Q, K]`.
-        one_hot: `[P, Q, K]`, 1 at the class of each matched query's target.
-        iou: `[P, Q, 1]`, each matched query's IoU with its target (no gradient).
+        query_class: int32 `[P, Q]`, the class of each query's target (-1: none).
+        query_iou: `[P, Q]`, each matched query's IoU with its target (no gradient).
         alpha: Weight of the negatives.
         gamma: Focusing exponent of the negatives.
 
     Returns:
         `[P]`.
     """
-    softplus, p = _softplus_and_sigmoid(logits)
-    score = iou * one_hot  # [P, Q, K]: the target score
-    weight = alpha * _weight_power(p, gamma) * (1.0 - one_hot) + score  # [P, Q, K]
-    return ops.sum(weight * (softplus - logits * score), axis=(1, 2))
+
+    def negative(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
+        return alpha * _power(p, gamma, x - softplus) * softplus  # weight alpha p^gamma, t = 0
+
+    def negative_grad(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
+        return alpha * _power(p, gamma, x - softplus) * p
+
+    def positive(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
+        return t * (softplus - x * t)  # weight t, target t = IoU
+
+    def positive_grad(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
+        return t * (p - t)
+
+    return _fused_sigmoid_term(
+        logits, query_class, query_iou, (negative, negative_grad), (positive, positive_grad)
+    )
 
 
 def matchability_aware(
-    logits: Tensor, one_hot: Tensor, iou: Tensor, alpha: float | None, gamma: float
+    logits: Tensor,
+    query_class: Tensor,
+    query_iou: Tensor,
+    alpha: float | None,
+    gamma: float,
 ) -> Tensor:
     """DEIM's matchability-aware loss (MAL), summed over queries and classes `[P]`.
 
     Args:
         logits: `[P, Q, K]`.
-        one_hot: `[P, Q, K]`, 1 at the class of each matched query's target.
-        iou: `[P, Q, 1]`, each matched query's IoU with its target (no gradient).
+        query_class: int32 `[P, Q]`, the class of each query's target (-1: none).
+        query_iou: `[P, Q]`, each matched query's IoU with its target (no gradient).
         alpha: Weight of the negatives (`mal_alpha`); `None` for no factor.
         gamma: The exponent of the IoU in the target and of the negatives' weight.
 
     Returns:
         `[P]`.
     """
-    softplus, p = _softplus_and_sigmoid(logits)
-    score = _safe_pow(iou, gamma) * one_hot  # [P, Q, K]: IoU^gamma at the true class
-    negatives = _weight_power(p, gamma)
-    if alpha is not None:
-        negatives = alpha * negatives
-    weight = negatives * (1.0 - one_hot) + one_hot  # [P, Q, K]
-    return ops.sum(weight * (softplus - logits * score), axis=(1, 2))
+    factor = 1.0 if alpha is None else alpha
+    score = ops.where(
+        query_iou > 0.0, ops.power(ops.maximum(query_iou, 1e-30), gamma), 0.0
+    )  # [P, Q]: IoU^gamma, the positives' target
+
+    def negative(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
+        return factor * _power(p, gamma, x - softplus) * softplus  # weight alpha p^gamma, t = 0
+
+    def negative_grad(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
+        return factor * _power(p, gamma, x - softplus) * p
+
+    def positive(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
+        return softplus - x * t  # weight 1, target IoU^gamma
+
+    def positive_grad(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
+        return p - t
+
+    return _fused_sigmoid_term(
+        logits, query_class, score, (negative, negative_grad), (positive, positive_grad)
+    )
 
 
-def _safe_pow(x: Tensor, gamma: float) -> Tensor:
-    """`x^gamma` for `x` in `[0, 1]` (no gradient flows: the IoU is a constant here)."""
-    return ops.where(x > 0.0, ops.power(ops.maximum(x, 1e-30), gamma), 0.0)
+def _fused_sigmoid_term(
+    logits: Tensor,
+    query_class: Tensor,
+    score: Tensor,
+    negative: tuple[_Elementwise, _Elementwise],
+    positive: tuple[_Elementwise, _Elementwise],
+) -> Tensor:
+    """`sum_{q, k}` of `positive` at each query's class, `negative` elsewhere: `[P]`.
+
+    Each of `negative` and `positive` is `(value, gradient)`: the elementwise loss of a
+    logit, and its derivative with respect to the logit. The gradient is computed in
+    the same pass as the value and handed to the backward pass as it is.
+    """
+    num_classes = logits.shape[-1]
+    target = score[:, :, None]  # [P, Q, 1]
+
+    @ops.custom_gradient
+    def term(x: Tensor) -> tuple[Tensor, Callable[..., Tensor]]:
+        is_positive = _one_hot(query_class, num_classes)  # [P, Q, K]
+        # softplus(x) and sigmoid(x) from one exponential, e = exp(-|x|) in (0, 1]. The
+        # gradient takes its sigmoid from another formula, so that XLA computes each
+        # inside its own pass rather than keeping one as a tensor for both (a pass fewer).
+        e = ops.exp(-ops.abs(x))
+        inverse = 1.0 / (1.0 + e)  # sigmoid(|x|)
+        softplus = ops.relu(x) + ops.log(1.0 + e)
+        p_value = ops.where(x >= 0.0, inverse, e * inverse)
+        value = ops.where(
+            is_positive,
+            positive[0](x, p_value, softplus, target),
+            negative[0](x, p_value, softplus, target),
+        )
+        p = ops.sigmoid(x)
+        gradient = ops.where(
+            is_positive, positive[1](x, p, softplus, target), negative[1](x, p, softplus, target)
+        )
+
+        def grad(*args: Tensor, upstream: Tensor = None) -> Tensor:
+            if upstream is None:  # TensorFlow and JAX pass it by position, torch by name
+                (upstream,) = args
+            return upstream[:, None, None] * gradient
+
+        return ops.sum(value, axis=(1, 2)), grad
+
+    return term(logits)
+
+
+def _one_hot(labels: Tensor, num_classes: int) -> Tensor:
+    """A bool `[P, Q, C]`: True at each query's label (none where it is outside `[0, C)`)."""
+    return ops.equal(ops.arange(num_classes, dtype="int32"), labels[:, :, None])
+
+
+def _power(p: Tensor, gamma: float, log_p: Tensor) -> Tensor:
+    """`p^gamma` for `p` in `[0, 1]`, with `log_p = log(p)` given for a gamma that is not whole.
+
+    Multiplications for a whole `gamma` (and a square root for a half one), else
+    `exp(gamma * log_p)`: no `0^gamma` with a non-finite derivative anywhere.
+    """
+    if float(gamma).is_integer():
+        return ops.power(p, int(gamma))
+    if float(2 * gamma).is_integer():
+        return ops.power(p, int(gamma)) * ops.sqrt(p)
+    return ops.exp(gamma * log_p)

@@ -66,18 +66,49 @@ def denoising_targets(y_true: Tensor, target_mask: Tensor, groups: int) -> tuple
     return ops.tile(y_true, (1, groups, 1)), ops.cast(indices, "int32")
 
 
-def positives_to_queries(values: Tensor, groups: int) -> Tensor:
-    """What each target gives its positive denoising query, on the denoising query axis.
+def query_owners(indices: Tensor, num_queries: int) -> Tensor:
+    """The target each query is assigned to, from the query of each target.
 
-    The fixed assignment needs no search: `values [P, G * M, C]` (row `g * M + i`, target
-    i of group g) becomes `[P, G * 2M, C]`, the row at query `g * 2M + i` and zeros at
-    the negatives `g * 2M + M + i`.
+    Args:
+        indices: int32 `[P, M]`, the query of each target, -1 where unmatched (a query
+            has at most one target).
+        num_queries: Q.
+
+    Returns:
+        int32 `[P, Q]`: the target of each query, -1 for a query without one.
     """
-    channels = values.shape[2]
-    num_targets = values.shape[1] // groups
-    positives = ops.reshape(values, (-1, groups, num_targets, channels))  # [P, G, M, C]
-    both = ops.concatenate([positives, ops.zeros_like(positives)], axis=2)  # [P, G, 2M, C]
-    return ops.reshape(both, (-1, groups * 2 * num_targets, channels))  # [P, G * 2M, C]
+    if indices.shape[1] == 0:  # no target: no query has one
+        return ops.full((ops.shape(indices)[0], num_queries), -1, dtype="int32")
+    hit = ops.equal(indices[:, :, None], ops.arange(num_queries, dtype="int32"))  # [P, M, Q]
+    owner = ops.cast(ops.argmax(ops.cast(hit, "int32"), axis=1), "int32")  # [P, Q]
+    return ops.where(ops.any(hit, axis=1), owner, -1)
+
+
+def denoising_owners(real: Tensor, groups: int) -> Tensor:
+    """The row of `denoising_targets` that each denoising query reconstructs.
+
+    Args:
+        real: bool `[P, M]`, True for real targets.
+        groups: G.
+
+    Returns:
+        int32 `[P, G * 2M]`: row `g * M + i` (target i of group g) at query `g * 2M + i`
+        when target i is real; -1 at the negatives and at the queries of padding targets.
+    """
+    num_targets = real.shape[1]
+    row = ops.reshape(ops.arange(groups * num_targets, dtype="int32"), (groups, num_targets))
+    negatives = ops.full((groups, num_targets), -1, dtype="int32")
+    layout = ops.reshape(ops.concatenate([row, negatives], axis=1), (1, -1))  # [1, G * 2M]
+    real_rows = ops.tile(ops.concatenate([real, ops.zeros_like(real)], axis=1), (1, groups))
+    return ops.where(real_rows, layout, -1)  # [P, G * 2M]
+
+
+def values_at_queries(values: Tensor, owners: Tensor, fill: Any) -> Tensor:
+    """`values [P, M]` of each query's target `[P, Q]`, `fill` where a query has none."""
+    if values.shape[1] == 0:
+        return ops.cast(ops.full(ops.shape(owners), fill), values.dtype)
+    picked = ops.take_along_axis(values, ops.maximum(owners, 0), axis=1)  # [P, Q]
+    return ops.where(owners >= 0, picked, ops.cast(fill, values.dtype))
 
 
 def dense_one_to_one(indices: Tensor, num_sets: int, num_queries: int) -> Tensor:
