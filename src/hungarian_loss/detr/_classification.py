@@ -110,21 +110,14 @@ def varifocal(
         `[P]`.
     """
 
-    def negative(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
-        return alpha * _power(p, gamma, x - softplus) * softplus  # weight alpha p^gamma, t = 0
-
-    def negative_grad(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
-        return alpha * _power(p, gamma, x - softplus) * p
-
     def positive(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
         return t * (softplus - x * t)  # weight t, target t = IoU
 
     def positive_grad(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
         return t * (p - t)
 
-    return _fused_sigmoid_term(
-        logits, query_class, query_iou, (negative, negative_grad), (positive, positive_grad)
-    )
+    negative = _constant_weight_negative(alpha, gamma)
+    return _fused_sigmoid_term(logits, query_class, query_iou, negative, (positive, positive_grad))
 
 
 def matchability_aware(
@@ -151,21 +144,29 @@ def matchability_aware(
         query_iou > 0.0, ops.power(ops.maximum(query_iou, 1e-30), gamma), 0.0
     )  # [P, Q]: IoU^gamma, the positives' target
 
-    def negative(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
-        return factor * _power(p, gamma, x - softplus) * softplus  # weight alpha p^gamma, t = 0
-
-    def negative_grad(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
-        return factor * _power(p, gamma, x - softplus) * p
-
     def positive(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
         return softplus - x * t  # weight 1, target IoU^gamma
 
     def positive_grad(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
         return p - t
 
-    return _fused_sigmoid_term(
-        logits, query_class, score, (negative, negative_grad), (positive, positive_grad)
-    )
+    negative = _constant_weight_negative(factor, gamma)
+    return _fused_sigmoid_term(logits, query_class, score, negative, (positive, positive_grad))
+
+
+def _constant_weight_negative(factor: float, gamma: float) -> tuple[_Elementwise, _Elementwise]:
+    """The negatives of the varifocal and MAL terms: `factor p^gamma BCE(x, 0)`, value and gradient.
+
+    `p^gamma` is a weight without gradient, so the derivative is `factor p^gamma p`.
+    """
+
+    def value(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
+        return factor * _power(p, gamma, x - softplus) * softplus
+
+    def gradient(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
+        return factor * _power(p, gamma, x - softplus) * p
+
+    return value, gradient
 
 
 def _fused_sigmoid_term(
