@@ -19,9 +19,10 @@ weights. The one-hot is a comparison inside the elementwise computation, never a
 
 Speed. With denoising groups these terms cover `[B * S, Q, K]` logits (RT-DETR: 48 x 900
 x 80 floats, 14 MB), and on the CPU their time is passes over memory. The sigmoid kinds
-therefore have a hand-written gradient (`_fused_sigmoid_term`): one pass computes each
-logit's value and gradient from the logit alone, where automatic differentiation kept
-the sigmoid, the softplus and the weight as tensors of their own.
+therefore have a hand-written gradient (`_fused_sigmoid_term`): in the forward pass, one
+reduction reads the logits for the values and one elementwise pass writes the gradients,
+each from the logits alone, where automatic differentiation kept the sigmoid, the
+softplus and the weight as tensors of their own (`benchmarks/results/detr_family.md`).
 """
 
 from __future__ import annotations
@@ -180,7 +181,8 @@ def _fused_sigmoid_term(
 
     Each of `negative` and `positive` is `(value, gradient)`: the elementwise loss of a
     logit, and its derivative with respect to the logit. The gradient is computed in
-    the same pass as the value and handed to the backward pass as it is.
+    the forward pass, beside the value, and the backward pass scales it by the upstream
+    gradient of each problem.
     """
     num_classes = logits.shape[-1]
     target = score[:, :, None]  # [P, Q, 1]
