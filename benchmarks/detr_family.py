@@ -11,9 +11,13 @@ each `value_and_grad` of the summed loss with respect to the predictions, compil
   `y_pred [8, 6, 5 * 2 * 60 + 300, 4 + 80]`: the same 300 queries behind 600 denoising ones.
 
 Rounds are interleaved (each round times both, in alternating order, on a fresh input);
-medians over rounds. Run it once per backend:
+medians over rounds. With `--resident`, the inputs are backend arrays made before the clock
+starts and the results stay there, as in a training step where the predictions come from the
+model and the gradient goes back to it; by default each call converts NumPy inputs and
+brings its results to the host. Run it once per backend:
 
     KERAS_BACKEND=jax python benchmarks/detr_family.py --rounds 15
+    KERAS_BACKEND=jax python benchmarks/detr_family.py --rounds 15 --resident
     KERAS_BACKEND=tensorflow python benchmarks/detr_family.py --rounds 15
 """
 
@@ -51,7 +55,8 @@ def inputs(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]
     }
 
 
-def value_and_grad(loss: Any) -> Any:
+def value_and_grad(loss: Any, resident: bool) -> Any:
+    """The compiled step; it brings its results to the host unless `resident`."""
     if BACKEND == "jax":
         import jax
 
@@ -59,6 +64,8 @@ def value_and_grad(loss: Any) -> Any:
             return loss(y_true, y_pred)
 
         step = jax.jit(jax.value_and_grad(total, argnums=1))
+        if resident:
+            return lambda t, p: jax.block_until_ready(step(t, p))
         return lambda t, p: [np.asarray(x) for x in step(t, p)]
     import tensorflow as tf
 
@@ -69,7 +76,20 @@ def value_and_grad(loss: Any) -> Any:
             value = loss(y_true, y_pred)
         return value, tape.gradient(value, y_pred)
 
+    if resident:
+        return step_tf
     return lambda t, p: [np.asarray(x) for x in step_tf(tf.constant(t), tf.constant(p))]
+
+
+def to_backend(data: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[Any, Any]]:
+    """The inputs as contiguous arrays of the backend, made before the clock starts."""
+    if BACKEND == "jax":
+        import jax.numpy as jnp
+
+        return {name: (jnp.asarray(t), jnp.asarray(p)) for name, (t, p) in data.items()}
+    import tensorflow as tf
+
+    return {name: (tf.constant(t), tf.constant(p)) for name, (t, p) in data.items()}
 
 
 def main() -> None:
@@ -78,13 +98,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=3, help="calls per sample (their mean)")
+    parser.add_argument(
+        "--resident",
+        action="store_true",
+        help="inputs made backend arrays before timing and results left there, as in a "
+        "training step (by default each call converts its NumPy inputs and brings its "
+        "results to the host)",
+    )
     args = parser.parse_args()
     steps = {
-        "detr": value_and_grad(DETRLoss.detr()),
-        "rt_detr": value_and_grad(DETRLoss.rt_detr(denoising_groups=G)),
+        "detr": value_and_grad(DETRLoss.detr(), args.resident),
+        "rt_detr": value_and_grad(DETRLoss.rt_detr(denoising_groups=G), args.resident),
     }
+    prepare = to_backend if args.resident else (lambda data: data)
     first = {}
-    data = inputs(np.random.default_rng(0))
+    data = prepare(inputs(np.random.default_rng(0)))
     for name, step in steps.items():
         start = time.perf_counter()
         value, grad = step(*data[name])
@@ -92,7 +120,7 @@ def main() -> None:
         assert np.isfinite(value) and np.all(np.isfinite(grad)), name
     times: dict[str, list[float]] = {name: [] for name in steps}
     for round_ in range(args.rounds):
-        data = inputs(np.random.default_rng(round_ + 1))
+        data = prepare(inputs(np.random.default_rng(round_ + 1)))
         order = list(steps) if round_ % 2 == 0 else list(steps)[::-1]
         for name in order:
             start = time.perf_counter()
@@ -100,7 +128,8 @@ def main() -> None:
                 steps[name](*data[name])
             times[name].append((time.perf_counter() - start) / args.calls)
     median = {name: statistics.median(values) * 1e3 for name, values in times.items()}
-    print(f"backend {BACKEND}: B={B}, S={S} layers, N={N}, <= {T} targets, K={K}, G={G}")
+    where = "inputs and results on the backend" if args.resident else "NumPy in, NumPy out"
+    print(f"backend {BACKEND}: B={B}, S={S} layers, N={N}, <= {T} targets, K={K}, G={G}; {where}")
     for name in steps:
         print(
             f"  {name:8s} median {median[name]:8.1f} ms  "
