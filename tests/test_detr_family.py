@@ -346,6 +346,19 @@ def test_gradients_are_finite_and_carry_none_through_the_weights() -> None:
     assert grad[1, 0, query, 4 + c] == pytest.approx(t * (p_c - t) / 3, rel=1e-4, abs=1e-7)
 
 
+def test_no_target_rows_with_denoising_groups() -> None:
+    # M = 0: no denoising query at all (G * 2 * 0), so the loss is that of G = 0.
+    y_true = np.zeros((2, 0, 5), "float32")
+    y_pred = np.random.default_rng(3).normal(size=(2, 4, 4 + K)).astype("float32")
+    value, (grad,) = value_and_grads(
+        lambda p: DETRLoss.rt_detr(denoising_groups=2)(y_true, p), y_pred
+    )
+    expected = to_numpy(DETRLoss.rt_detr()(y_true, y_pred))
+    assert np.isfinite(value) and value > 0.0
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+    assert np.all(np.isfinite(grad)) and np.any(grad != 0.0)
+
+
 # The sigmoid class terms have a hand-written gradient (one pass per logit, see
 # `detr/_classification.py`): checked here against central differences of a NumPy
 # reference in float64, with `sigmoid(x)^gamma` held fixed in the varifocal and MAL weights.
