@@ -19,7 +19,13 @@ from keras import ops
 from hungarian_loss import _backend, boxes, costs
 from hungarian_loss.detr import _classification as classification_terms
 from hungarian_loss.detr import _layout
-from hungarian_loss.loss import HungarianLoss, _failure_policy, _negative_size
+from hungarian_loss.loss import (
+    HungarianLoss,
+    _failure_policy,
+    _finite_rows,
+    _negative_size,
+    _rows_where,
+)
 
 __all__ = ["DETRLoss", "DETRLossTerm"]
 
@@ -565,7 +571,7 @@ class DETRLoss(HungarianLoss):
         # One look at every value: which rows are broken, and the rows zeroed where they
         # are, so that nothing computed from them reaches the gradients.
         finite_rows, nan_rows = _broken_rows(y_pred)  # [P, Q], [P, Q]
-        clean = ops.where(finite_rows[:, :, None], y_pred, 0.0)  # [P, Q, D]
+        clean = _rows_where(finite_rows, y_pred)  # [P, Q, D]
         count = _layout.num_denoising(self.denoising_groups, y_true.shape[1])
         _, queries = _layout.split_queries(y_pred, self.denoising_groups, y_true.shape[1])
         real = self.target_mask(y_true)  # [P, M]
@@ -606,7 +612,8 @@ class DETRLoss(HungarianLoss):
             # An invalid target is not reconstructed (its sample's loss is NaN anyway), and
             # non-finite rows are zeroed: nothing computed from them reaches the gradients.
             real = ops.logical_and(real, ops.logical_not(problems.invalid))
-            y_true = _finite_or_zero(problems.y_true[:, :: self.matches_per_target])
+            y_true = problems.y_true[:, :: self.matches_per_target]
+            y_true = _rows_where(_finite_rows(y_true), y_true)
             dn_true, dn_indices = _layout.denoising_targets(y_true, real, self.denoising_groups)
             dn_owners = _layout.denoising_owners(real, self.denoising_groups)  # [P, G * 2M]
             dn_sums = self._sums(dn_true, problems.denoising, dn_indices, dn_owners)
@@ -828,12 +835,6 @@ def _broken_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     code = ops.where(ops.isfinite(x), 0.0, ops.where(ops.isnan(x), 65536.0, 1.0))
     count = ops.sum(code, axis=-1)  # [P, Q]
     return count == 0.0, count >= 65536.0
-
-
-def _finite_or_zero(x: Tensor) -> Tensor:
-    """`x [P, Q, D]` with its non-finite rows zeroed (no gradient reaches them)."""
-    finite = ops.all(ops.isfinite(x), axis=-1, keepdims=True)  # [P, Q, 1]
-    return ops.where(finite, x, 0.0)
 
 
 def _check_choice(arg: str, value: Any, choices: tuple[str, ...]) -> None:
