@@ -600,7 +600,8 @@ def _failure_policy(
     solver matches as many as the finite costs allow). `NaN` (over `inf`): a real
     target is invalid (`broken [B]`: a non-finite value or a rule of
     `invalid_targets`), or `NaN` in a prediction of a sample with a real target, or in
-    the cost of a real target. The `where` passes no gradient to such a sample's loss.
+    the cost of a real target. The `where` passes no gradient to such a sample's loss,
+    nor to a loss that is not finite by itself (an overflow).
     `nan_pred [B]`, where the caller has it already: whether `y_pred` holds a `NaN`.
     """
     num_predictions = y_pred.shape[1]
@@ -613,6 +614,9 @@ def _failure_policy(
     matched = ops.sum(ops.cast(indices >= 0, "int32"), axis=1)  # [B]
     matchable = ops.minimum(ops.sum(ops.cast(target_mask, "int32"), axis=1), num_predictions)
     loss = ops.where(matched < matchable, _INF, loss)
+    # A loss that overflows from finite inputs (huge logits) stays `inf` and adds no
+    # gradient either, like every other non-finite loss.
+    loss = ops.where(ops.isfinite(loss), loss, ops.stop_gradient(loss))
     return ops.where(is_nan, _NAN, loss)
 
 
