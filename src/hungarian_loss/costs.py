@@ -516,8 +516,7 @@ class _ClassCost(PairwiseCost):
         # Checked as floats: casting a huge or non-finite id to int is not defined.
         valid = ops.logical_and(ids >= 0, ids < num_classes)  # [B, M]
         classes = ops.cast(ops.where(valid, ids, 0.0), "int32")  # [B, M]
-        by_class = ops.swapaxes(per_class, -1, -2)  # [B, C, N]
-        picked = ops.take_along_axis(by_class, classes[..., None], axis=-2)  # [B, M, N]
+        picked = _rows_of(ops.swapaxes(per_class, -1, -2), classes)  # [B, M, N]
         if elementwise is not None:
             picked = elementwise(picked)
         picked = ops.where(valid[..., None], picked, 0.0)  # [B, M, N]
@@ -1027,3 +1026,22 @@ _BUILTIN_COSTS: dict[str, type[PairwiseCost]] = {
 }
 _BUILTIN_NAMES = tuple(_BUILTIN_COSTS)
 _REGISTRY.update(_BUILTIN_COSTS)
+
+
+def _rows_of(x: Tensor, rows: Tensor) -> Tensor:
+    """`x [..., C, N]` at the rows `rows` (int32 `[..., M]`, in `[0, C)`): `[..., M, N]`.
+
+    One gather of whole rows from `x` flattened to `[L * C, N]` (L: the leading
+    items). `take_along_axis`, with its indices broadcast to `[..., M, N]`, gathered
+    element by element under TensorFlow's XLA, 4x slower on `[48, 60, 300]`.
+    """
+    x_shape, rows_shape = ops.shape(x), ops.shape(rows)
+    num_rows, length = x_shape[-2], x_shape[-1]
+    leading = 1  # L, without a -1 in the reshapes (ambiguous for empty tensors)
+    for size in rows_shape[:-1]:
+        leading = leading * size
+    rows = ops.reshape(rows, (leading, rows_shape[-1]))  # [L, M]
+    offsets = ops.arange(leading, dtype="int32")[:, None] * num_rows  # [L, 1]
+    flat = ops.reshape(x, (leading * num_rows, length))  # [L * C, N]
+    picked = ops.take(flat, ops.reshape(rows + offsets, (-1,)), axis=0)  # [L * M, N]
+    return ops.reshape(picked, (*rows_shape, length))
