@@ -516,7 +516,7 @@ class _ClassCost(PairwiseCost):
         # Checked as floats: casting a huge or non-finite id to int is not defined.
         valid = ops.logical_and(ids >= 0, ids < num_classes)  # [B, M]
         classes = ops.cast(ops.where(valid, ids, 0.0), "int32")  # [B, M]
-        picked = _rows_of(ops.swapaxes(per_class, -1, -2), classes)  # [B, M, N]
+        picked = _take_rows(ops.swapaxes(per_class, -1, -2), classes)  # [B, M, N]
         if elementwise is not None:
             picked = elementwise(picked)
         picked = ops.where(valid[..., None], picked, 0.0)  # [B, M, N]
@@ -1028,12 +1028,13 @@ _BUILTIN_NAMES = tuple(_BUILTIN_COSTS)
 _REGISTRY.update(_BUILTIN_COSTS)
 
 
-def _rows_of(x: Tensor, rows: Tensor) -> Tensor:
+def _take_rows(x: Tensor, rows: Tensor) -> Tensor:
     """`x [..., C, N]` at the rows `rows` (int32 `[..., M]`, in `[0, C)`): `[..., M, N]`.
 
-    One gather of whole rows from `x` flattened to `[L * C, N]` (L: the leading
-    items). `take_along_axis`, with its indices broadcast to `[..., M, N]`, gathered
-    element by element under TensorFlow's XLA, 4x slower on `[48, 60, 300]`.
+    `take_along_axis(x, rows[..., None], axis=-2)` as one gather of whole rows from `x`
+    flattened to `[L * C, N]` (L: the leading items). `take_along_axis`, with its
+    indices broadcast to `[..., M, N]`, gathered element by element under
+    TensorFlow's XLA: 4x slower on `[48, 60, 300]`.
     """
     x_shape, rows_shape = ops.shape(x), ops.shape(rows)
     num_rows, length = x_shape[-2], x_shape[-1]

@@ -19,7 +19,7 @@ from keras import ops
 from hungarian_loss import _backend
 from hungarian_loss import boxes as box_lib
 from hungarian_loss.assignment import linear_sum_assignment
-from hungarian_loss.costs import WeightedCost, get_cost, serialize_cost
+from hungarian_loss.costs import WeightedCost, _take_rows, get_cost, serialize_cost
 
 __all__ = ["HungarianLoss", "hungarian_loss"]
 
@@ -328,8 +328,7 @@ class HungarianLoss(keras.losses.Loss):
         if y_pred.shape[1] == 0:  # no prediction to gather: every target is unmatched
             zeros = ops.zeros_like(ops.cast(indices, y_pred.dtype))[:, :, None]  # [B, M, 1]
             return ops.repeat(zeros, _last_dim(y_pred), axis=2)  # [B, M, D]
-        safe = ops.maximum(indices, 0)[:, :, None]  # [B, M, 1]
-        gathered = ops.take_along_axis(y_pred, safe, axis=1)  # [B, M, D]
+        gathered = _take_rows(y_pred, ops.maximum(indices, 0))  # [B, M, D]
         return _rows_where(indices >= 0, gathered)
 
     @staticmethod
