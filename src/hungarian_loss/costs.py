@@ -1034,7 +1034,7 @@ def _take_rows(x: Tensor, rows: Tensor) -> Tensor:
     `take_along_axis(x, rows[..., None], axis=-2)` as one gather of whole rows from `x`
     flattened to `[L * C, N]` (L: the leading items). `take_along_axis`, with its
     indices broadcast to `[..., M, N]`, gathered element by element under
-    TensorFlow's XLA: 4x slower on `[48, 60, 300]`.
+    TensorFlow's XLA (3.5 ms against 1.0 ms on `[48, 60, 300]` in one profile).
     """
     x_shape, rows_shape = ops.shape(x), ops.shape(rows)
     num_rows, length = x_shape[-2], x_shape[-1]
