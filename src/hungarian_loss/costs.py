@@ -628,8 +628,9 @@ class FocalClassCost(_ClassCost):
         # p = sigmoid(x) and q = 1 - p = sigmoid(-x), both exact, from one exp.
         e = ops.exp(-ops.abs(logits))  # in (0, 1]
         positive_side = logits >= 0.0
-        p = ops.where(positive_side, 1.0, e) / (1.0 + e)
-        q = ops.where(positive_side, e, 1.0) / (1.0 + e)
+        inverse = 1.0 / (1.0 + e)  # sigmoid(|x|); one division, and XLA fuses one pass
+        p = ops.where(positive_side, inverse, e * inverse)
+        q = ops.where(positive_side, e * inverse, inverse)
         if self.gamma.is_integer():  # multiplications: finite gradients, fewer exps
             p_gamma, q_gamma = ops.power(p, int(self.gamma)), ops.power(q, int(self.gamma))
         else:  # log space: finite gradients for every gamma >= 0
