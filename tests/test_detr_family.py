@@ -442,6 +442,23 @@ def test_class_terms_and_their_gradients_against_numpy(
     np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-6)
 
 
+def test_the_class_terms_log1p_is_float32_exact_on_the_unit_interval() -> None:
+    """The polynomial `log(1 + e)` of the sigmoid terms, against NumPy in float64."""
+    from hungarian_loss.detr._classification import _log1p_unit
+
+    rng = np.random.default_rng(3)
+    e = np.concatenate(
+        [
+            np.linspace(0.0, 1.0, 200_001, dtype="float32"),
+            (10.0 ** rng.uniform(-37.0, 0.0, 100_000)).astype("float32"),  # small, not subnormal
+        ]
+    )
+    value = to_numpy(_log1p_unit(keras.ops.convert_to_tensor(e))).astype("float64")
+    exact = np.log1p(e.astype("float64"))
+    assert value[0] == 0.0 and np.all(value[1:] > 0.0)
+    np.testing.assert_allclose(value, exact, rtol=3e-7, atol=0.0)
+
+
 # ----- errors and config -----------------------------------------------------------------------
 
 

@@ -195,7 +195,7 @@ def _fused_sigmoid_term(
         # inside its own pass rather than keeping one as a tensor for both (a pass fewer).
         e = ops.exp(-ops.abs(x))
         inverse = 1.0 / (1.0 + e)  # sigmoid(|x|)
-        softplus = ops.relu(x) + ops.log(1.0 + e)
+        softplus = ops.relu(x) + _log1p_unit(e)
         p_value = ops.where(x >= 0.0, inverse, e * inverse)
         value = ops.where(
             is_positive,
@@ -215,6 +215,34 @@ def _fused_sigmoid_term(
         return ops.sum(value, axis=(1, 2)), grad
 
     return term(logits)
+
+
+# log(1 + e) = e * r(e) on [0, 1], r a polynomial of degree 8 fitted to log1p(e) / e for
+# the least relative error (at most 2.2e-7, 2.4 ulps, over float32 inputs in [0, 1]).
+_LOG1P_UNIT = (
+    0.99999994,
+    -0.49999493,
+    0.33319098,
+    -0.24842982,
+    0.19106007,
+    -0.13663246,
+    0.07822596,
+    -0.029505244,
+    0.0052326955,
+)
+
+
+def _log1p_unit(e: Tensor) -> Tensor:
+    """`log(1 + e)` for `e` in `[0, 1]`, elementwise, to float32 rounding (2.4 ulps at most).
+
+    Eight multiply-adds. On the CPU, XLA's `log` costs as much as the rest of the
+    varifocal value together: the polynomial makes the class terms' value pass about a
+    quarter faster (`benchmarks/results/detr_family.md`).
+    """
+    r = ops.full_like(e, _LOG1P_UNIT[-1])
+    for coefficient in reversed(_LOG1P_UNIT[:-1]):
+        r = r * e + coefficient
+    return e * r
 
 
 def _one_hot(labels: Tensor, num_classes: int) -> Tensor:
