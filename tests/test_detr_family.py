@@ -442,7 +442,7 @@ def test_class_terms_and_their_gradients_against_numpy(
     np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-6)
 
 
-def test_the_class_terms_log1p_is_float32_exact_on_the_unit_interval() -> None:
+def test_the_class_terms_log1p_matches_numpy_to_float32_rounding() -> None:
     """The polynomial `log(1 + e)` of the sigmoid terms, against NumPy in float64."""
     from hungarian_loss.detr._classification import _log1p_unit
 
