@@ -816,3 +816,28 @@ def test_a_loss_that_overflows_adds_no_gradient(mode: str) -> None:
     value, _, grad_pred, _ = run(with_grads(loss), y_true, y_pred, mode=mode)
     assert value[0] == np.inf and not np.any(grad_pred[0])
     assert np.isfinite(value[1]) and np.all(np.isfinite(grad_pred[1])) and np.any(grad_pred[1])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_detr_row_check_finds_infinite_and_nan_rows(mode: str) -> None:
+    """The row check of `DETRLoss` (one `int8` code per value): rows with an infinity,
+    with a NaN, with both, with finite extremes (3e38, -0.0, subnormals); and no rows."""
+    from hungarian_loss.detr._loss import _broken_rows
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(3, 40, 84)).astype("float32")
+    rows = rng.permutation(np.arange(1, 3 * 40))[:24].reshape(4, 6)  # four kinds, six each
+    places = rng.integers(0, 84, size=(4, 6))
+    flat = x.reshape(-1, 84)
+    flat[rows[0], places[0]] = np.inf
+    flat[rows[1], places[1]] = -np.inf
+    flat[rows[2], places[2]] = np.nan
+    flat[rows[3], places[3]] = np.nan
+    flat[rows[3], (places[3] + 1) % 84] = -np.inf
+    flat[0, :] = [3e38, -3e38, -0.0, 1e-45] * 21  # finite extremes: a finite row
+    finite, nan = run(_broken_rows, x, mode=mode)
+    np.testing.assert_array_equal(finite, np.all(np.isfinite(x), axis=-1))
+    np.testing.assert_array_equal(nan, np.any(np.isnan(x), axis=-1))
+    assert finite.sum() == 3 * 40 - 24 and nan.sum() == 12
+    empty_finite, empty_nan = run(_broken_rows, np.zeros((2, 0, 84), "float32"), mode=mode)
+    assert empty_finite.shape == empty_nan.shape == (2, 0)
