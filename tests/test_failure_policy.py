@@ -820,12 +820,14 @@ def test_a_loss_that_overflows_adds_no_gradient(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_detr_row_check_finds_infinite_and_nan_rows(mode: str) -> None:
-    """The row check of `DETRLoss` (one `int8` code per value): rows with an infinity,
-    with a NaN, with both, with finite extremes (3e38, -0.0, subnormals); and no rows."""
+    """The row check of `DETRLoss`: rows with an infinity, with a NaN, with both, with
+    finite extremes (3e38, -0.0, subnormals); every row finite (the row sums' path);
+    finite rows whose sums overflow (the exact path again); and no rows."""
     from hungarian_loss.detr._loss import _broken_rows
 
     rng = np.random.default_rng(7)
-    x = rng.normal(size=(3, 40, 84)).astype("float32")
+    clean = rng.normal(size=(3, 40, 84)).astype("float32")
+    x = clean.copy()
     rows = rng.permutation(np.arange(1, 3 * 40))[:24].reshape(4, 6)  # four kinds, six each
     places = rng.integers(0, 84, size=(4, 6))
     flat = x.reshape(-1, 84)
@@ -835,9 +837,14 @@ def test_detr_row_check_finds_infinite_and_nan_rows(mode: str) -> None:
     flat[rows[3], places[3]] = np.nan
     flat[rows[3], (places[3] + 1) % 84] = -np.inf
     flat[0, :] = [3e38, -3e38, -0.0, 1e-45] * 21  # finite extremes: a finite row
+    overflow = clean.copy()
+    overflow[1, 7, :] = 3e38  # finite, but its sum is infinite
+    overflow[2, 0, :] = -3e38
+    for values in (x, clean, overflow):
+        finite, nan = run(_broken_rows, values, mode=mode)
+        np.testing.assert_array_equal(finite, np.all(np.isfinite(values), axis=-1))
+        np.testing.assert_array_equal(nan, np.any(np.isnan(values), axis=-1))
     finite, nan = run(_broken_rows, x, mode=mode)
-    np.testing.assert_array_equal(finite, np.all(np.isfinite(x), axis=-1))
-    np.testing.assert_array_equal(nan, np.any(np.isnan(x), axis=-1))
     assert finite.sum() == 3 * 40 - 24 and nan.sum() == 12
     empty_finite, empty_nan = run(_broken_rows, np.zeros((2, 0, 84), "float32"), mode=mode)
     assert empty_finite.shape == empty_nan.shape == (2, 0)
