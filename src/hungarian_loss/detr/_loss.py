@@ -851,7 +851,8 @@ def _broken_rows(x: Tensor) -> tuple[Tensor, Tensor]:
         return worst == 0, worst == 2
 
     sums_finite = ops.all(ops.isfinite(ops.sum(x, axis=-1)))
-    return ops.cond(sums_finite, all_finite, exact)
+    finite, nan = ops.cond(sums_finite, all_finite, exact)
+    return finite, nan
 
 
 def _check_choice(arg: str, value: Any, choices: tuple[str, ...]) -> None:
