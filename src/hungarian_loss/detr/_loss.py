@@ -829,13 +829,14 @@ class DETRLossTerm(keras.metrics.Mean):
 def _broken_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     """Which rows of `x [P, Q, D]` are all finite, and which hold a `NaN`: bool `[P, Q]` each.
 
-    First the sum of each row, which is finite where every value of the row is (a `NaN`
-    or an infinity makes it `NaN` or infinite). Only where some sum is not (a broken
-    row, or finite values that overflow) does the exact check run: the largest `int8`
-    code of each row (0 finite, 1 infinite, 2 `NaN`). XLA's CPU compiler hands a sum of
-    `float32` to YNNPACK, which reads `x` as it is; the codes it writes out before it
-    reduces them. On RT-DETR's `[48, 900, 84]` predictions the sum took 0.7-0.9 ms less
-    than the codes on TensorFlow and JAX (`benchmarks/results/detr_family.md`).
+    First the sum of each row, which is finite only where every value of the row is (a
+    `NaN` or an infinity makes it `NaN` or infinite). Only when some sum is not (a
+    broken row, or finite values whose sum overflows) does the exact check run: the
+    largest `int8` code of each row (0 finite, 1 infinite, 2 `NaN`). XLA's CPU compiler
+    hands a `float32` sum to YNNPACK, which reads `x` as it is, while the codes are
+    written out before they are reduced. On RT-DETR's `[48, 900, 84]` predictions the
+    check took 0.3-0.8 ms less, and the step 0.5-1.4 ms less, on TensorFlow and JAX
+    (`benchmarks/results/detr_family.md`).
     """
     if 0 in x.shape:  # no rows (Keras's max refuses empty tensors)
         none = ops.zeros_like(x[:, :, 0], dtype="bool")  # [P, Q]
