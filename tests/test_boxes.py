@@ -1,4 +1,4 @@
-"""Tests of hungarian_loss.boxes: formats, conversions and pairwise geometry."""
+"""Tests of hungarian_loss.boxes: formats, conversions, pairwise and elementwise geometry."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ from helpers import compiled, np_from_xyxy, value_and_grads
 from hungarian_loss.boxes import (
     BOX_FORMATS,
     convert_format,
+    elementwise_ciou,
+    elementwise_diou,
+    elementwise_giou,
+    elementwise_iou,
     pairwise_ciou,
     pairwise_diou,
     pairwise_giou,
@@ -391,3 +395,73 @@ def test_compiled_with_unknown_batch_matches_eager(fn):
         rtol=1e-6,
         atol=1e-6,
     )
+
+
+# ----------------------------------------------------------------------------- elementwise
+
+ELEMENTWISE = [
+    (elementwise_iou, pairwise_iou),
+    (elementwise_giou, pairwise_giou),
+    (elementwise_diou, pairwise_diou),
+    (elementwise_ciou, pairwise_ciou),
+]
+
+
+def paired_cases() -> tuple[np.ndarray, np.ndarray]:
+    """Pairs `[2, 13, 4]` (xyxy): random and inverted boxes, the hand-derived and edge
+    pairs, a huge pair, a tiny one, and pairs that hold a NaN, an inf or a -inf."""
+    rng = np.random.default_rng(5)
+    boxes1, boxes2 = random_boxes(rng, (2, 13)), random_boxes(rng, (2, 13))
+    boxes1[:, :4], boxes2[:, :4] = BOX[0], OTHERS[0]
+    boxes1[:, 4:9], boxes2[:, 4:9] = EDGE_TRUE[0], EDGE_PRED[0, ::-1]
+    boxes1[0, 9], boxes2[0, 9] = [-1e38, -1e38, 1e38, 1e38], [-1e38, 0, 1e38, 1.5e38]
+    boxes1[1, 9], boxes2[1, 9] = [0, 0, 1e-30, 1], [0, 0, 1, 1e-30]
+    boxes1[:, 10, 0], boxes2[:, 11, 2], boxes2[:, 12, 3] = np.nan, np.inf, -np.inf
+    return boxes1, boxes2
+
+
+@pytest.mark.parametrize("box_format", ["xyxy", "center_xywh"])
+@pytest.mark.parametrize(("fn", "pairwise"), ELEMENTWISE, ids=lambda f: f.__name__)
+def test_elementwise_geometry_is_the_diagonal_of_pairwise(fn, pairwise, box_format):
+    boxes1, boxes2 = paired_cases()
+    with np.errstate(invalid="ignore", over="ignore"):
+        boxes1, boxes2 = np_from_xyxy(boxes1, box_format), np_from_xyxy(boxes2, box_format)
+    value, grads = value_and_grads(lambda a, b: fn(a, b, box_format), boxes1, boxes2)
+    matrix = np.asarray(pairwise(boxes1, boxes2, box_format))  # [2, 13, 13]
+    assert value.shape == (2, 13)
+    np.testing.assert_allclose(value, np.diagonal(matrix, axis1=1, axis2=2), rtol=1e-6, atol=1e-6)
+    assert np.all(np.isnan(value[:, 10:])) and np.all(np.isfinite(value[:, :10]))
+    if fn is elementwise_ciou:
+        theirs = keras.utils.bounding_boxes.compute_ciou(boxes1[:, :4], boxes2[:, :4], box_format)
+        np.testing.assert_allclose(value[:, :4], keras.ops.convert_to_numpy(theirs), atol=1e-5)
+    # The gradients are those of the matrix's diagonal; none reaches a non-finite box
+    # or its partner.
+    diagonal = np.eye(13, dtype=bool)[None] & np.isfinite(value)[:, :, None]  # [2, 13, 13]
+    _, expected = value_and_grads(
+        lambda a, b: keras.ops.where(diagonal, pairwise(a, b, box_format), 0.0), boxes1, boxes2
+    )
+    for grad, other in zip(grads, expected, strict=True):
+        np.testing.assert_allclose(grad, other, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(grad[:, 10:], 0.0)
+
+
+@pytest.mark.parametrize(("fn", "pairwise"), ELEMENTWISE, ids=lambda f: f.__name__)
+def test_elementwise_geometry_in_half_precision_compiled_and_unbatched(fn, pairwise):
+    rng = np.random.default_rng(6)
+    boxes1, boxes2 = random_boxes(rng, (2, 6)) * 300, random_boxes(rng, (2, 6)) * 300
+    boxes1[:, 0], boxes2[:, 0] = [0, 0, 1000, 1000], [0, 0, 500, 500]  # areas above 65504
+    expected = np.asarray(fn(boxes1, boxes2))
+    half = fn(boxes1.astype("float16"), boxes2.astype("float16"))
+    assert keras.backend.standardize_dtype(half.dtype) == "float16"
+    np.testing.assert_allclose(np.asarray(half).astype("float32"), expected, atol=2e-3)
+    np.testing.assert_allclose(compiled(fn, boxes1, boxes2), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(fn(boxes1[0], boxes2[0])), expected[0])
+    assert np.asarray(fn(boxes1[:, :0], boxes2[:, :0])).shape == (2, 0)
+
+
+@pytest.mark.parametrize(("fn", "pairwise"), ELEMENTWISE, ids=lambda f: f.__name__)
+def test_elementwise_geometry_rejects_different_shapes(fn, pairwise):
+    with pytest.raises(ValueError, match=r"of the same shape \[\.\.\., 4\]"):
+        fn(np.zeros((2, 3, 4), "float32"), np.zeros((2, 5, 4), "float32"))
+    with pytest.raises(ValueError, match="`boxes2` with a last dimension of 4"):
+        fn(np.zeros((2, 3, 4), "float32"), np.zeros((2, 3, 5), "float32"))

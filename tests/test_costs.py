@@ -25,6 +25,7 @@ from hungarian_loss.costs import (
     PairwiseCost,
     SquaredL2Cost,
     WeightedCost,
+    _elementwise_cost,
     get_cost,
     register_cost,
     serialize_cost,
@@ -569,3 +570,47 @@ def test_unregistered_callables_cannot_be_serialized():
     assert np.asarray(combination(Y_TRUE[..., :4], Y_PRED[..., :4])).shape == (2, 3, 5)
     with pytest.raises(ValueError, match=fix):  # ...but not serializable
         combination.get_config()
+
+
+# ----------------------------------------------------------------------------- matched pairs
+
+
+@register_cost("test_l1_of_first_channel")
+class _FirstChannelL1(L1Cost):
+    """A subclass that changes `call`: its inherited elementwise form would be wrong."""
+
+    def call(self, y_true, y_pred):
+        return ops.abs(y_true[..., :, None, 0] - y_pred[..., None, :, 0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("identifier", [*ALL_COSTS[:7], ALL_COSTS[-1]], ids=str)
+def test_elementwise_form_is_the_diagonal_of_the_cost(identifier, dtype):
+    # `matched_cost` computes the built-in costs pair by pair with their elementwise
+    # forms: the values, gradients and dtype of the matrix's diagonal.
+    cost = get_cost(identifier, box_format="center_xywh")
+    rng = np.random.default_rng(7)
+    y_true = np.concatenate([EDGE_TRUE[:, :, :4], rng.uniform(1, 5, (1, 4, 4))], axis=1)
+    y_pred = np.concatenate([EDGE_PRED[:, 1:, :4], rng.uniform(1, 5, (1, 4, 4))], axis=1)
+    y_true, y_pred = y_true.astype(dtype), y_pred.astype(dtype)
+    value, grad = value_and_grad(lambda t, p: _elementwise_cost(cost, t, p), y_true, y_pred)
+    eye = np.eye(8, dtype=bool)[None]
+    expected, expected_grad = value_and_grad(
+        lambda t, p: ops.sum(ops.where(eye, cost(t, p), 0.0), axis=2), y_true, y_pred
+    )
+    assert value.shape == (1, 8) and value.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-4)
+
+
+def test_only_built_in_costs_have_an_elementwise_form():
+    y = np.ones((1, 2, 5), "float32")
+    for cost in [
+        get_cost("class_probability"),
+        get_cost("focal_class"),
+        get_cost(lambda t, p: ops.sum(t[..., :, None, :] * p[..., None, :, :], axis=-1)),
+        get_cost("test_l1_of_first_channel"),  # a subclass that overrides `call`
+        WeightedCost({"l1": 1.0, "class_probability": 1.0}),
+    ]:
+        assert _elementwise_cost(cost, y, y) is None, cost
+    assert _elementwise_cost(WeightedCost({"l1": 1.0, "class_probability": 0.0}), y, y) is not None

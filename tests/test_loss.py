@@ -140,6 +140,34 @@ def test_gradients_match_finite_differences() -> None:
     assert np.any(grad != 0.0)
 
 
+def test_matched_pairs_of_built_in_and_custom_costs_agree() -> None:
+    # A built-in cost is computed on the matched pairs by its elementwise form, any other
+    # cost as one problem per pair: the same loss and gradients either way.
+    rng = np.random.default_rng(4)
+    y_true = random_targets(rng, 4, 3)
+    y_pred = rng.uniform(size=(4, 2, 5, 4)).astype("float32")  # two prediction sets
+    for name in ("l2", {"l1": 5.0, "giou": 2.0}):
+        built_in = HungarianLoss(cost=name, box_format="center_xywh", reduction="sum")
+        wrapped = HungarianLoss(
+            cost=lambda t, p, cost=built_in.pairwise_cost: cost(t, p),
+            box_format="center_xywh",
+            reduction="sum",
+        )
+        for loss in (built_in, wrapped):
+            np.testing.assert_array_equal(
+                np.asarray(loss.match(y_true, y_pred)), np.asarray(built_in.match(y_true, y_pred))
+            )
+        np.testing.assert_allclose(
+            float(built_in(y_true, y_pred)), float(wrapped(y_true, y_pred)), rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            gradient(lambda p, loss=built_in: loss(y_true, p), y_pred),
+            gradient(lambda p, loss=wrapped: loss(y_true, p), y_pred),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+
 def test_sample_without_targets_has_zero_loss_and_gradient() -> None:
     y_true = -np.ones((2, 3, 4), "float32")
     y_pred = np.zeros((2, 4, 4), "float32")  # identical to each other: zero distances everywhere

@@ -1,4 +1,4 @@
-"""Box formats and pairwise box geometry made of `keras.ops`.
+"""Box formats and pairwise and elementwise box geometry made of `keras.ops`.
 
 Boxes are the last axis of a tensor, four numbers in one of Keras's absolute formats:
 
@@ -12,6 +12,9 @@ Boxes are the last axis of a tensor, four numbers in one of Keras's absolute for
 
 The geometry works on batches of sets of boxes: `[B, M, 4]` and `[B, N, 4]` give
 `[B, M, N]`, one value per pair (an unbatched `[M, 4]` and `[N, 4]` give `[M, N]`).
+The `elementwise_*` functions give the same values on the pairs of boxes at the same
+place in two tensors of one shape (`[..., 4]` and `[..., 4]` give `[...]`): what a loss
+needs on matched pairs, without the matrix.
 It never asserts on tensor values: boxes with zero area or with `right < left`
 (or `bottom < top`) have their width or height clamped to zero, and a ratio (of areas,
 or of squared distances) whose denominator is at most `epsilon = keras.config.epsilon()`
@@ -33,6 +36,10 @@ from keras import ops
 __all__ = [
     "BOX_FORMATS",
     "convert_format",
+    "elementwise_ciou",
+    "elementwise_diou",
+    "elementwise_giou",
+    "elementwise_iou",
     "pairwise_ciou",
     "pairwise_diou",
     "pairwise_giou",
@@ -175,8 +182,7 @@ def pairwise_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Te
         [[1.   0.25 0.  ]]
     """
     boxes1, boxes2, invalid, dtype = _prepare_pair(boxes1, boxes2, box_format)
-    intersection, union = _intersection_and_union(boxes1, boxes2)  # [B, M, N] each
-    return _finish(_safe_divide(intersection, union), invalid, dtype)
+    return _finish(_iou_of_pairs(boxes1, boxes2), invalid, dtype)
 
 
 def pairwise_giou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
@@ -214,13 +220,7 @@ def pairwise_giou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> T
         [[ 0.25  0.   -0.5 ]]
     """
     boxes1, boxes2, invalid, dtype = _prepare_pair(boxes1, boxes2, box_format)
-    intersection, union = _intersection_and_union(boxes1, boxes2)  # [B, M, N] each
-    iou = _safe_divide(intersection, union)  # [B, M, N]
-    top_left = ops.minimum(boxes1[..., :2], boxes2[..., :2])  # [B, M, N, 2]
-    bottom_right = ops.maximum(boxes1[..., 2:], boxes2[..., 2:])  # [B, M, N, 2]
-    enclosing = _area_between(top_left, bottom_right)  # [B, M, N]
-    giou = iou - _safe_divide(enclosing - union, enclosing)  # [B, M, N]
-    return _finish(giou, invalid, dtype)
+    return _finish(_giou_of_pairs(boxes1, boxes2), invalid, dtype)
 
 
 def pairwise_diou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
@@ -261,9 +261,7 @@ def pairwise_diou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> T
         [[ 1.  -0.4]]
     """
     boxes1, boxes2, invalid, dtype = _prepare_pair(boxes1, boxes2, box_format)
-    intersection, union = _intersection_and_union(boxes1, boxes2)  # [B, M, N] each
-    iou = _safe_divide(intersection, union)  # [B, M, N]
-    return _finish(iou - _center_distance_ratio(boxes1, boxes2), invalid, dtype)
+    return _finish(_diou_of_pairs(boxes1, boxes2), invalid, dtype)
 
 
 def pairwise_ciou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
@@ -310,13 +308,163 @@ def pairwise_ciou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> T
         [[1.     0.4655]]
     """
     boxes1, boxes2, invalid, dtype = _prepare_pair(boxes1, boxes2, box_format)
-    intersection, union = _intersection_and_union(boxes1, boxes2)  # [B, M, N] each
-    iou = _safe_divide(intersection, union)  # [B, M, N]
-    angle1, angle2 = _aspect_angle(boxes1), _aspect_angle(boxes2)  # [B, M, N] each
-    v = (4.0 / math.pi**2) * ops.square(angle1 - angle2)  # [B, M, N], in [0, 1]
-    alpha = ops.stop_gradient(_safe_divide(v, 1.0 - iou + v))  # [B, M, N], in [0, 1]
-    ciou = iou - _center_distance_ratio(boxes1, boxes2) - alpha * v  # [B, M, N]
-    return _finish(ciou, invalid, dtype)
+    return _finish(_ciou_of_pairs(boxes1, boxes2), invalid, dtype)
+
+
+def elementwise_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
+    """Intersection over union of each box with the box at the same place in the other tensor.
+
+    The values of `pairwise_iou` on the pairs `(boxes1[..., i, :], boxes2[..., i, :])`
+    only, computed without the `[B, M, N]` matrix: what a loss needs on matched pairs.
+    The same preconditions, safety and half-precision handling as `pairwise_iou`.
+
+    Args:
+        boxes1: Float tensor `[..., 4]` in `box_format`.
+        boxes2: Float tensor of the same shape, in `box_format`.
+        box_format: The format of both, one of `BOX_FORMATS`.
+
+    Returns:
+        Tensor `[...]` of values in `[0, 1]` (`NaN` for pairs with a non-finite
+        coordinate), of the inputs' dtype.
+
+    Raises:
+        ValueError: if `box_format` is unknown, a last dimension is not 4, or the
+            shapes differ.
+
+    Examples:
+        >>> import numpy as np
+        >>> from hungarian_loss.boxes import elementwise_iou
+        >>> a = np.array([[0.0, 0.0, 100.0, 100.0], [0.0, 0.0, 100.0, 100.0]], dtype="float32")
+        >>> b = np.array([[0.0, 0.0, 50.0, 50.0], [100.0, 0.0, 200.0, 100.0]], dtype="float32")
+        >>> print(np.round(np.asarray(elementwise_iou(a, b)), 4))
+        [0.25 0.  ]
+    """
+    boxes1, boxes2, invalid, dtype = _prepare_elementwise(boxes1, boxes2, box_format)
+    return _finish(_iou_of_pairs(boxes1, boxes2), invalid, dtype)
+
+
+def elementwise_giou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
+    """Generalized IoU of each box with the box at the same place in the other tensor.
+
+    The values of `pairwise_giou` on the pairs `(boxes1[..., i, :], boxes2[..., i, :])`
+    only (see `elementwise_iou`).
+
+    Args:
+        boxes1: Float tensor `[..., 4]` in `box_format`.
+        boxes2: Float tensor of the same shape, in `box_format`.
+        box_format: The format of both, one of `BOX_FORMATS`.
+
+    Returns:
+        Tensor `[...]` of values in `[-1, 1]` (`NaN` for pairs with a non-finite
+        coordinate), of the inputs' dtype.
+
+    Raises:
+        ValueError: if `box_format` is unknown, a last dimension is not 4, or the
+            shapes differ.
+
+    Examples:
+        >>> import numpy as np
+        >>> from hungarian_loss.boxes import elementwise_giou
+        >>> a = np.array([[0.0, 0.0, 100.0, 100.0]] * 3, dtype="float32")
+        >>> b = np.array([[0.0, 0.0, 50.0, 50.0], [100.0, 0.0, 200.0, 100.0],
+        ...               [100.0, 100.0, 200.0, 200.0]], dtype="float32")
+        >>> print(np.round(np.asarray(elementwise_giou(a, b)), 4))
+        [ 0.25  0.   -0.5 ]
+    """
+    boxes1, boxes2, invalid, dtype = _prepare_elementwise(boxes1, boxes2, box_format)
+    return _finish(_giou_of_pairs(boxes1, boxes2), invalid, dtype)
+
+
+def elementwise_diou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
+    """Distance IoU of each box with the box at the same place in the other tensor.
+
+    The values of `pairwise_diou` on the pairs `(boxes1[..., i, :], boxes2[..., i, :])`
+    only (see `elementwise_iou`).
+
+    Args:
+        boxes1: Float tensor `[..., 4]` in `box_format`.
+        boxes2: Float tensor of the same shape, in `box_format`.
+        box_format: The format of both, one of `BOX_FORMATS`.
+
+    Returns:
+        Tensor `[...]` of values in `[-1, 1]` (`NaN` for pairs with a non-finite
+        coordinate), of the inputs' dtype.
+
+    Raises:
+        ValueError: if `box_format` is unknown, a last dimension is not 4, or the
+            shapes differ.
+
+    Examples:
+        >>> import numpy as np
+        >>> from hungarian_loss.boxes import elementwise_diou
+        >>> a = np.array([[0.0, 0.0, 1.0, 1.0]], dtype="float32")
+        >>> b = np.array([[2.0, 0.0, 3.0, 1.0]], dtype="float32")
+        >>> print(np.round(np.asarray(elementwise_diou(a, b)), 4))  # 0 - 2^2 / (3^2 + 1^2)
+        [-0.4]
+    """
+    boxes1, boxes2, invalid, dtype = _prepare_elementwise(boxes1, boxes2, box_format)
+    return _finish(_diou_of_pairs(boxes1, boxes2), invalid, dtype)
+
+
+def elementwise_ciou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
+    """Complete IoU of each box with the box at the same place in the other tensor.
+
+    The values of `pairwise_ciou` on the pairs `(boxes1[..., i, :], boxes2[..., i, :])`
+    only (see `elementwise_iou`); equal to `keras.utils.bounding_boxes.compute_ciou`.
+
+    Args:
+        boxes1: Float tensor `[..., 4]` in `box_format`.
+        boxes2: Float tensor of the same shape, in `box_format`.
+        box_format: The format of both, one of `BOX_FORMATS`.
+
+    Returns:
+        Tensor `[...]` of values in `[-1.5, 1]` (`NaN` for pairs with a non-finite
+        coordinate), of the inputs' dtype.
+
+    Raises:
+        ValueError: if `box_format` is unknown, a last dimension is not 4, or the
+            shapes differ.
+
+    Examples:
+        >>> import numpy as np
+        >>> from hungarian_loss.boxes import elementwise_ciou
+        >>> a = np.array([[0.0, 0.0, 2.0, 2.0]], dtype="float32")
+        >>> b = np.array([[0.0, 0.0, 2.0, 1.0]], dtype="float32")
+        >>> print(np.round(np.asarray(elementwise_ciou(a, b)), 4))
+        [0.4655]
+    """
+    boxes1, boxes2, invalid, dtype = _prepare_elementwise(boxes1, boxes2, box_format)
+    return _finish(_ciou_of_pairs(boxes1, boxes2), invalid, dtype)
+
+
+def _iou_of_pairs(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of the pairs `boxes1 [..., 4]`, `boxes2 [..., 4]` (prepared, `"xyxy"`): `[...]`."""
+    intersection, union = _intersection_and_union(boxes1, boxes2)  # [...] each
+    return _safe_divide(intersection, union)
+
+
+def _giou_of_pairs(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """GIoU of the pairs `boxes1 [..., 4]`, `boxes2 [..., 4]` (prepared, `"xyxy"`): `[...]`."""
+    intersection, union = _intersection_and_union(boxes1, boxes2)  # [...] each
+    iou = _safe_divide(intersection, union)  # [...]
+    top_left = ops.minimum(boxes1[..., :2], boxes2[..., :2])  # [..., 2]
+    bottom_right = ops.maximum(boxes1[..., 2:], boxes2[..., 2:])  # [..., 2]
+    enclosing = _area_between(top_left, bottom_right)  # [...]
+    return iou - _safe_divide(enclosing - union, enclosing)
+
+
+def _diou_of_pairs(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """DIoU of the pairs `boxes1 [..., 4]`, `boxes2 [..., 4]` (prepared, `"xyxy"`): `[...]`."""
+    return _iou_of_pairs(boxes1, boxes2) - _center_distance_ratio(boxes1, boxes2)
+
+
+def _ciou_of_pairs(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """CIoU of the pairs `boxes1 [..., 4]`, `boxes2 [..., 4]` (prepared, `"xyxy"`): `[...]`."""
+    iou = _iou_of_pairs(boxes1, boxes2)  # [...]
+    angle1, angle2 = _aspect_angle(boxes1), _aspect_angle(boxes2)  # [...] each
+    v = (4.0 / math.pi**2) * ops.square(angle1 - angle2)  # [...], in [0, 1]
+    alpha = ops.stop_gradient(_safe_divide(v, 1.0 - iou + v))  # [...], in [0, 1]
+    return iou - _center_distance_ratio(boxes1, boxes2) - alpha * v
 
 
 def _intersection_and_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
@@ -397,10 +545,7 @@ def _prepare_pair(
     by zeros; the mask `[B, M, N]` of the pairs that hold a non-finite box; and the
     dtype of the result.
     """
-    boxes1 = _as_float_tensor(boxes1)
-    boxes2 = ops.cast(_as_float_tensor(boxes2), boxes1.dtype)
-    _check_box_channels(boxes1, "boxes1")
-    _check_box_channels(boxes2, "boxes2")
+    boxes1, boxes2, dtype = _as_box_tensors(boxes1, boxes2)
     rank1, rank2 = len(boxes1.shape), len(boxes2.shape)
     if rank1 not in (2, 3) or rank1 != rank2:
         raise ValueError(
@@ -408,18 +553,8 @@ def _prepare_pair(
             f"([boxes, 4]). Received: boxes1.shape={tuple(boxes1.shape)}, "
             f"boxes2.shape={tuple(boxes2.shape)}"
         )
-    dtype = keras.backend.standardize_dtype(boxes1.dtype)
-    compute_dtype = "float32" if dtype in _HALF_DTYPES else dtype
-    boxes1, boxes2 = ops.cast(boxes1, compute_dtype), ops.cast(boxes2, compute_dtype)
-    finite1 = ops.all(ops.isfinite(boxes1), axis=-1)  # [B, M]
-    finite2 = ops.all(ops.isfinite(boxes2), axis=-1)  # [B, N]
-    # Non-finite boxes are computed as zeros and their pairs set to NaN in `_finish`:
-    # a `where` on the inputs too, so that no NaN reaches the gradients of finite boxes.
-    boxes1 = ops.where(finite1[..., None], boxes1, 0.0)  # [B, M, 4]
-    boxes2 = ops.where(finite2[..., None], boxes2, 0.0)  # [B, N, 4]
-    scale1, scale2 = _box_scale(boxes1), _box_scale(boxes2)  # [B, M], [B, N]
-    boxes1 = to_xyxy(boxes1 / scale1[..., None], box_format)  # [B, M, 4]
-    boxes2 = to_xyxy(boxes2 / scale2[..., None], box_format)  # [B, N, 4]
+    boxes1, finite1, scale1 = _safe_xyxy(boxes1, box_format)  # [B, M, 4], [B, M], [B, M]
+    boxes2, finite2, scale2 = _safe_xyxy(boxes2, box_format)  # [B, N, 4], [B, N], [B, N]
     # The two boxes of a pair share the larger of their scales.
     pair_scale = ops.maximum(scale1[..., :, None], scale2[..., None, :])  # [B, M, N]
     factor1 = (scale1[..., :, None] / pair_scale)[..., None]  # [B, M, N, 1], in (0, 1]
@@ -430,6 +565,59 @@ def _prepare_pair(
         ops.logical_and(finite1[..., :, None], finite2[..., None, :])
     )  # [B, M, N]
     return pairs1, pairs2, invalid, dtype
+
+
+def _prepare_elementwise(
+    boxes1: Tensor, boxes2: Tensor, box_format: str
+) -> tuple[Tensor, Tensor, Tensor, str]:
+    """`_prepare_pair` for the pairs `(boxes1[..., i, :], boxes2[..., i, :])` only.
+
+    Returns both `[..., 4]` in `"xyxy"`, each pair scaled alike, non-finite boxes zeroed;
+    the mask `[...]` of the pairs that hold a non-finite box; the dtype of the result.
+    """
+    boxes1, boxes2, dtype = _as_box_tensors(boxes1, boxes2)
+    shape1, shape2 = tuple(boxes1.shape), tuple(boxes2.shape)
+    if len(shape1) != len(shape2) or not all(
+        a is None or b is None or a == b for a, b in zip(shape1, shape2, strict=True)
+    ):
+        raise ValueError(
+            "Expected `boxes1` and `boxes2` of the same shape [..., 4] (one pair per "
+            f"box). Received: boxes1.shape={shape1}, boxes2.shape={shape2}"
+        )
+    boxes1, finite1, scale1 = _safe_xyxy(boxes1, box_format)  # [..., 4], [...], [...]
+    boxes2, finite2, scale2 = _safe_xyxy(boxes2, box_format)
+    pair_scale = ops.maximum(scale1, scale2)  # [...]
+    pairs1 = boxes1 * (scale1 / pair_scale)[..., None]  # [..., 4]
+    pairs2 = boxes2 * (scale2 / pair_scale)[..., None]  # [..., 4]
+    return pairs1, pairs2, ops.logical_not(ops.logical_and(finite1, finite2)), dtype
+
+
+def _as_box_tensors(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor, str]:
+    """Both as float tensors of 4 channels in the compute dtype, and the result's dtype.
+
+    Half precision (`float16`, `bfloat16`) is computed in float32: its areas would overflow.
+    """
+    boxes1 = _as_float_tensor(boxes1)
+    boxes2 = ops.cast(_as_float_tensor(boxes2), boxes1.dtype)
+    _check_box_channels(boxes1, "boxes1")
+    _check_box_channels(boxes2, "boxes2")
+    dtype = keras.backend.standardize_dtype(boxes1.dtype)
+    compute_dtype = "float32" if dtype in _HALF_DTYPES else dtype
+    return ops.cast(boxes1, compute_dtype), ops.cast(boxes2, compute_dtype), dtype
+
+
+def _safe_xyxy(boxes: Tensor, box_format: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Boxes `[..., 4]` made safe: in `"xyxy"`, divided by their scale, non-finite ones zeroed.
+
+    Returns the boxes `[..., 4]`, the mask `[...]` of the finite ones and the scale
+    `[...]` they were divided by (`_box_scale`).
+    """
+    finite = ops.all(ops.isfinite(boxes), axis=-1)  # [...]
+    # Non-finite boxes are computed as zeros and their pairs set to NaN in `_finish`:
+    # a `where` on the inputs too, so that no NaN reaches the gradients of finite boxes.
+    boxes = ops.where(finite[..., None], boxes, 0.0)  # [..., 4]
+    scale = _box_scale(boxes)  # [...]
+    return to_xyxy(boxes / scale[..., None], box_format), finite, scale
 
 
 def _box_scale(boxes: Tensor) -> Tensor:

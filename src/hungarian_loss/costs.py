@@ -53,7 +53,7 @@ import inspect
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 import keras
 from keras import ops
@@ -129,21 +129,20 @@ class PairwiseCost:
             ValueError: if the ranks differ or are not 2 or 3, or if the channels do not
                 fit the cost.
         """
-        y_pred = ops.convert_to_tensor(y_pred)
-        if not keras.backend.is_float_dtype(y_pred.dtype):
-            y_pred = ops.cast(y_pred, keras.config.floatx())
-        dtype = keras.backend.standardize_dtype(y_pred.dtype)
-        y_true = ops.cast(ops.convert_to_tensor(y_true), dtype)
+        y_true, y_pred = _as_cost_inputs(y_true, y_pred)
         _check_ranks(y_true, y_pred)
-        compute_dtype = "float32" if dtype in _HALF_MAX else dtype
-        cost = self.call(ops.cast(y_true, compute_dtype), ops.cast(y_pred, compute_dtype))
-        if dtype in _HALF_MAX:
-            cost = ops.clip(cost, -_HALF_MAX[dtype], _HALF_MAX[dtype])
-        return ops.cast(cost, dtype)
+        return _in_compute_dtype(self.call, y_true, y_pred)
 
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         """The cost of every pair, `[B, M, N]`, on tensors of one float dtype."""
         raise NotImplementedError(f"{type(self).__name__} must implement `call`.")
+
+    def _paired(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """The cost of each pair `(y_true[b, i], y_pred[b, i])`, `[B, M]`.
+
+        The elementwise form of `call`, where a built-in has one (see `_elementwise_cost`).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no elementwise form.")
 
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments (JSON types)."""
@@ -227,6 +226,11 @@ class L1Cost(_VectorCost):
             total = term if total is None else total + term
         return total
 
+    def _paired(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """The L1 distance of each pair `(y_true[b, i], y_pred[b, i])`, `[B, M]`."""
+        y_true, y_pred = self._selected(y_true, y_pred)
+        return ops.sum(ops.abs(y_true - y_pred), axis=-1)
+
 
 @keras.saving.register_keras_serializable(package="hungarian_loss")
 class SquaredL2Cost(_VectorCost):
@@ -252,6 +256,11 @@ class SquaredL2Cost(_VectorCost):
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         """The squared Euclidean distance of every pair, `[B, M, N]`."""
         return ops.sum(ops.square(self._differences(y_true, y_pred)), axis=-1)  # [B, M, N]
+
+    def _paired(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """The squared distance of each pair `(y_true[b, i], y_pred[b, i])`, `[B, M]`."""
+        y_true, y_pred = self._selected(y_true, y_pred)
+        return ops.sum(ops.square(y_true - y_pred), axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="hungarian_loss")
@@ -283,6 +292,11 @@ class L2Cost(_VectorCost):
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         """The Euclidean distance of every pair, `[B, M, N]`."""
         return _euclidean_norm(self._differences(y_true, y_pred))  # [B, M, N]
+
+    def _paired(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """The distance of each pair `(y_true[b, i], y_pred[b, i])`, `[B, M]`."""
+        y_true, y_pred = self._selected(y_true, y_pred)
+        return _euclidean_norm(y_true - y_pred)
 
 
 class _BoxCost(PairwiseCost):
@@ -354,6 +368,11 @@ class IoUCost(_BoxCost):
         true_boxes, pred_boxes = self._boxes(y_true, y_pred)  # [B, M, 4], [B, N, 4]
         return 1.0 - box_lib.pairwise_iou(true_boxes, pred_boxes, self.box_format)  # [B, M, N]
 
+    def _paired(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """One minus the IoU of each pair `(y_true[b, i], y_pred[b, i])`, `[B, M]`."""
+        true_boxes, pred_boxes = self._boxes(y_true, y_pred)  # [B, M, 4] each
+        return 1.0 - box_lib.elementwise_iou(true_boxes, pred_boxes, self.box_format)
+
 
 @keras.saving.register_keras_serializable(package="hungarian_loss")
 class GIoUCost(_BoxCost):
@@ -393,6 +412,11 @@ class GIoUCost(_BoxCost):
         true_boxes, pred_boxes = self._boxes(y_true, y_pred)  # [B, M, 4], [B, N, 4]
         return 1.0 - box_lib.pairwise_giou(true_boxes, pred_boxes, self.box_format)  # [B, M, N]
 
+    def _paired(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """One minus the GIoU of each pair `(y_true[b, i], y_pred[b, i])`, `[B, M]`."""
+        true_boxes, pred_boxes = self._boxes(y_true, y_pred)  # [B, M, 4] each
+        return 1.0 - box_lib.elementwise_giou(true_boxes, pred_boxes, self.box_format)
+
 
 @keras.saving.register_keras_serializable(package="hungarian_loss")
 class DIoUCost(_BoxCost):
@@ -431,6 +455,11 @@ class DIoUCost(_BoxCost):
         true_boxes, pred_boxes = self._boxes(y_true, y_pred)  # [B, M, 4], [B, N, 4]
         return 1.0 - box_lib.pairwise_diou(true_boxes, pred_boxes, self.box_format)  # [B, M, N]
 
+    def _paired(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """One minus the DIoU of each pair `(y_true[b, i], y_pred[b, i])`, `[B, M]`."""
+        true_boxes, pred_boxes = self._boxes(y_true, y_pred)  # [B, M, 4] each
+        return 1.0 - box_lib.elementwise_diou(true_boxes, pred_boxes, self.box_format)
+
 
 @keras.saving.register_keras_serializable(package="hungarian_loss")
 class CIoUCost(_BoxCost):
@@ -468,6 +497,11 @@ class CIoUCost(_BoxCost):
         """One minus the CIoU of every pair, `[B, M, N]`."""
         true_boxes, pred_boxes = self._boxes(y_true, y_pred)  # [B, M, 4], [B, N, 4]
         return 1.0 - box_lib.pairwise_ciou(true_boxes, pred_boxes, self.box_format)  # [B, M, N]
+
+    def _paired(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """One minus the CIoU of each pair `(y_true[b, i], y_pred[b, i])`, `[B, M]`."""
+        true_boxes, pred_boxes = self._boxes(y_true, y_pred)  # [B, M, 4] each
+        return 1.0 - box_lib.elementwise_ciou(true_boxes, pred_boxes, self.box_format)
 
 
 class _ClassCost(PairwiseCost):
@@ -695,6 +729,17 @@ class WeightedCost(PairwiseCost):
             if weight == 0.0:
                 continue
             term = weight * ops.cast(cost(y_true, y_pred), y_pred.dtype)  # [B, M, N]
+            total = term if total is None else total + term
+        return total
+
+    def _paired(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """The weighted sum of the terms' elementwise forms, `[B, M]` (see `_elementwise_cost`)."""
+        total = None
+        for cost, weight in self.terms:
+            if weight == 0.0:
+                continue
+            paired = cast(PairwiseCost, cost)._paired(y_true, y_pred)  # `_has_elementwise_form`
+            term = weight * ops.cast(paired, y_pred.dtype)  # [B, M]
             total = term if total is None else total + term
         return total
 
@@ -1001,6 +1046,59 @@ def _euclidean_norm(differences: Tensor) -> Tensor:
     inverse = ops.where(huge, 2.0**88, ops.where(tiny, 2.0**-64, 1.0))  # [...]
     scaled = differences * factor[..., None]  # [..., D]
     return inverse * _safe_sqrt(ops.sum(ops.square(scaled), axis=-1))  # [...]
+
+
+def _elementwise_cost(cost: Any, y_true: Tensor, y_pred: Tensor) -> Tensor | None:
+    """`cost` of each `y_true[b, i]` with `y_pred[b, i]`: `[B, M]`, or `None`.
+
+    The values of `cost` on those pairs, computed by its elementwise form without the
+    `[B, M, N]` matrix (`HungarianLoss.matched_cost` uses it). The built-in costs and
+    weighted sums of them have one; `None` for any other cost, and for a subclass of a
+    built-in that overrides `call` (its elementwise form would not follow).
+
+    Args:
+        cost: A cost, as `get_cost` returns it.
+        y_true: Tensor `[B, M, D_true]`.
+        y_pred: Tensor `[B, M, D_pred]`, the item paired with each of `y_true`.
+
+    Returns:
+        Tensor `[B, M]` of the dtype of `y_pred`, or `None`.
+    """
+    if not _has_elementwise_form(cost):
+        return None
+    y_true, y_pred = _as_cost_inputs(y_true, y_pred)
+    return _in_compute_dtype(cost._paired, y_true, y_pred)
+
+
+def _has_elementwise_form(cost: Any) -> bool:
+    """Whether `cost._paired` computes what `cost.call` does, pair by pair."""
+    if not isinstance(cost, PairwiseCost):
+        return False
+    # `_paired` is trusted only from the class that defines `call`.
+    owner = next(klass for klass in type(cost).__mro__ if "call" in vars(klass))
+    if "_paired" not in vars(owner):
+        return False
+    if isinstance(cost, WeightedCost):
+        return all(_has_elementwise_form(term) for term, weight in cost.terms if weight != 0.0)
+    return True
+
+
+def _as_cost_inputs(y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor]:
+    """Both as tensors of the float dtype of `y_pred` (`floatx` if it is not a float)."""
+    y_pred = ops.convert_to_tensor(y_pred)
+    if not keras.backend.is_float_dtype(y_pred.dtype):
+        y_pred = ops.cast(y_pred, keras.config.floatx())
+    return ops.cast(ops.convert_to_tensor(y_true), y_pred.dtype), y_pred
+
+
+def _in_compute_dtype(fn: CostFn, y_true: Tensor, y_pred: Tensor) -> Tensor:
+    """`fn(y_true, y_pred)`, half precision computed in float32 and clipped to its range."""
+    dtype = keras.backend.standardize_dtype(y_pred.dtype)
+    compute_dtype = "float32" if dtype in _HALF_MAX else dtype
+    cost = fn(ops.cast(y_true, compute_dtype), ops.cast(y_pred, compute_dtype))
+    if dtype in _HALF_MAX:
+        cost = ops.clip(cost, -_HALF_MAX[dtype], _HALF_MAX[dtype])
+    return ops.cast(cost, dtype)
 
 
 def _check_ranks(y_true: Tensor, y_pred: Tensor) -> None:

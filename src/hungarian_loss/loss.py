@@ -19,7 +19,13 @@ from keras import ops
 from hungarian_loss import _backend
 from hungarian_loss import boxes as box_lib
 from hungarian_loss.assignment import linear_sum_assignment
-from hungarian_loss.costs import WeightedCost, _take_rows, get_cost, serialize_cost
+from hungarian_loss.costs import (
+    WeightedCost,
+    _elementwise_cost,
+    _take_rows,
+    get_cost,
+    serialize_cost,
+)
 
 __all__ = ["HungarianLoss", "hungarian_loss"]
 
@@ -624,8 +630,12 @@ def _paired_cost(
 ) -> Tensor:
     """`cost` of `y_true[b, i]` with `y_pred[b, i]` for every `(b, i)`: `[B, M]`.
 
-    Each pair is its own problem of one target and one prediction (`B * M` of them).
+    The built-in costs compute it elementwise; any other cost sees each pair as its own
+    problem of one target and one prediction (`B * M` of them).
     """
+    values = _elementwise_cost(cost, y_true, y_pred)  # [B, M], or None
+    if values is not None:
+        return values
     num_items = y_true.shape[1]
     flat_true = ops.reshape(y_true, (-1, 1, _last_dim(y_true)))  # [B * M, 1, D_true]
     flat_pred = ops.reshape(y_pred, (-1, 1, _last_dim(y_pred)))  # [B * M, 1, D_pred]
