@@ -603,8 +603,16 @@ def test_elementwise_form_is_the_diagonal_of_the_cost(identifier, dtype):
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-4)
 
 
+class _ScaledGIoU(GIoUCost):
+    """A subclass that changes `__call__`."""
+
+    def __call__(self, y_true, y_pred):
+        return 2.0 * super().__call__(y_true, y_pred)
+
+
 def test_only_built_in_costs_have_an_elementwise_form():
     y = np.ones((1, 2, 5), "float32")
+    assert _elementwise_cost(_ScaledGIoU(), y, y) is None
     for cost in [
         get_cost("class_probability"),
         get_cost("focal_class"),

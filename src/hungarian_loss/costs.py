@@ -1072,11 +1072,11 @@ def _elementwise_cost(cost: Any, y_true: Tensor, y_pred: Tensor) -> Tensor | Non
 
 def _has_elementwise_form(cost: Any) -> bool:
     """Whether `cost._paired` computes what `cost.call` does, pair by pair."""
-    if not isinstance(cost, PairwiseCost):
+    if not isinstance(cost, PairwiseCost) or type(cost).__call__ is not PairwiseCost.__call__:
         return False
-    # `_paired` is trusted only from the class that defines `call`.
+    # `_paired` is trusted only from the built-in class that defines `call`.
     owner = next(klass for klass in type(cost).__mro__ if "call" in vars(klass))
-    if "_paired" not in vars(owner):
+    if owner is PairwiseCost or "_paired" not in vars(owner):
         return False
     if isinstance(cost, WeightedCost):
         return all(_has_elementwise_form(term) for term, weight in cost.terms if weight != 0.0)
