@@ -555,15 +555,10 @@ def _prepare_pair(
         )
     boxes1, finite1, scale1 = _safe_xyxy(boxes1, box_format)  # [B, M, 4], [B, M], [B, M]
     boxes2, finite2, scale2 = _safe_xyxy(boxes2, box_format)  # [B, N, 4], [B, N], [B, N]
-    # The two boxes of a pair share the larger of their scales.
-    pair_scale = ops.maximum(scale1[..., :, None], scale2[..., None, :])  # [B, M, N]
-    factor1 = (scale1[..., :, None] / pair_scale)[..., None]  # [B, M, N, 1], in (0, 1]
-    factor2 = (scale2[..., None, :] / pair_scale)[..., None]  # [B, M, N, 1]
-    pairs1 = boxes1[..., :, None, :] * factor1  # [B, M, N, 4]
-    pairs2 = boxes2[..., None, :, :] * factor2  # [B, M, N, 4]
-    invalid = ops.logical_not(
-        ops.logical_and(finite1[..., :, None], finite2[..., None, :])
-    )  # [B, M, N]
+    pairs1, pairs2, invalid = _scaled_alike(
+        (boxes1[..., :, None, :], finite1[..., :, None], scale1[..., :, None]),  # [B, M, 1, ...]
+        (boxes2[..., None, :, :], finite2[..., None, :], scale2[..., None, :]),  # [B, 1, N, ...]
+    )  # [B, M, N, 4], [B, M, N, 4], [B, M, N]
     return pairs1, pairs2, invalid, dtype
 
 
@@ -584,12 +579,26 @@ def _prepare_elementwise(
             "Expected `boxes1` and `boxes2` of the same shape [..., 4] (one pair per "
             f"box). Received: boxes1.shape={shape1}, boxes2.shape={shape2}"
         )
-    boxes1, finite1, scale1 = _safe_xyxy(boxes1, box_format)  # [..., 4], [...], [...]
-    boxes2, finite2, scale2 = _safe_xyxy(boxes2, box_format)
+    pairs1, pairs2, invalid = _scaled_alike(
+        _safe_xyxy(boxes1, box_format), _safe_xyxy(boxes2, box_format)
+    )  # [..., 4], [..., 4], [...]
+    return pairs1, pairs2, invalid, dtype
+
+
+def _scaled_alike(
+    safe1: tuple[Tensor, Tensor, Tensor], safe2: tuple[Tensor, Tensor, Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The two boxes of each pair scaled alike, and the mask of pairs with a non-finite box.
+
+    `safe1` and `safe2` are `_safe_xyxy`'s (boxes `[..., 4]`, finite `[...]`, scale `[...]`),
+    of shapes that broadcast to the pairs. The two boxes of a pair share the larger of
+    their scales. Returns both boxes `[..., 4]` and the mask `[...]`, broadcast.
+    """
+    (boxes1, finite1, scale1), (boxes2, finite2, scale2) = safe1, safe2
     pair_scale = ops.maximum(scale1, scale2)  # [...]
-    pairs1 = boxes1 * (scale1 / pair_scale)[..., None]  # [..., 4]
+    pairs1 = boxes1 * (scale1 / pair_scale)[..., None]  # [..., 4], factor in (0, 1]
     pairs2 = boxes2 * (scale2 / pair_scale)[..., None]  # [..., 4]
-    return pairs1, pairs2, ops.logical_not(ops.logical_and(finite1, finite2)), dtype
+    return pairs1, pairs2, ops.logical_not(ops.logical_and(finite1, finite2))
 
 
 def _as_box_tensors(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor, str]:

@@ -724,22 +724,22 @@ class WeightedCost(PairwiseCost):
 
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         """The weighted sum of the terms, `[B, M, N]`."""
-        total = None
-        for cost, weight in self.terms:
-            if weight == 0.0:
-                continue
-            term = weight * ops.cast(cost(y_true, y_pred), y_pred.dtype)  # [B, M, N]
-            total = term if total is None else total + term
-        return total
+        return self._weighted_sum(lambda cost: cost(y_true, y_pred), y_pred.dtype)
 
     def _paired(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         """The weighted sum of the terms' elementwise forms, `[B, M]` (see `_elementwise_cost`)."""
+        # Every term has one where this is called (`_has_elementwise_form`).
+        return self._weighted_sum(
+            lambda cost: cast(PairwiseCost, cost)._paired(y_true, y_pred), y_pred.dtype
+        )
+
+    def _weighted_sum(self, evaluate: Callable[[CostFn], Tensor], dtype: Any) -> Tensor:
+        """`sum_k weight_k * evaluate(cost_k)` over the terms of weight > 0, in `dtype`."""
         total = None
         for cost, weight in self.terms:
             if weight == 0.0:
                 continue
-            paired = cast(PairwiseCost, cost)._paired(y_true, y_pred)  # `_has_elementwise_form`
-            term = weight * ops.cast(paired, y_pred.dtype)  # [B, M]
+            term = weight * ops.cast(evaluate(cost), dtype)
             total = term if total is None else total + term
         return total
 
@@ -1054,7 +1054,7 @@ def _elementwise_cost(cost: Any, y_true: Tensor, y_pred: Tensor) -> Tensor | Non
     The values of `cost` on those pairs, computed by its elementwise form without the
     `[B, M, N]` matrix (`HungarianLoss.matched_cost` uses it). The built-in costs and
     weighted sums of them have one; `None` for any other cost, and for a subclass of a
-    built-in that overrides `call` (its elementwise form would not follow).
+    built-in that overrides `call` or `__call__` (its elementwise form would not follow).
 
     Args:
         cost: A cost, as `get_cost` returns it.
