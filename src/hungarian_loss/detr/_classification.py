@@ -207,8 +207,7 @@ def _fused_sigmoid_term(
     The value is the sum of `negative` over every logit, then, per query with a class,
     `positive - negative` at that one logit (gathered, `[P, Q]`): the pass over all the
     logits compares nothing with the classes. With the one-hot inside it, XLA's CPU code
-    for that pass took twice as long (`benchmarks/results/detr_family.md`). The gradient
-    keeps its one-hot: there it cost nothing measurable.
+    for that pass took twice as long (`benchmarks/results/detr_family.md`).
     """
     num_classes = logits.shape[-1]
     target = score[:, :, None]  # [P, Q, 1]
@@ -232,7 +231,11 @@ def _fused_sigmoid_term(
         # The gradient takes its sigmoid from another formula, so that XLA computes each
         # inside its own pass rather than keeping one as a tensor for both (a pass fewer).
         p = ops.sigmoid(x)
-        is_positive = _one_hot(query_class, num_classes)  # [P, Q, K]
+        # The one-hot compares float32 class numbers (exact below 2^24 classes): with
+        # int32 ones, TensorFlow's XLA made this pass slower (0.3-1.3 ms on RT-DETR's).
+        is_positive = ops.equal(
+            ops.arange(num_classes, dtype="float32"), ops.cast(query_class, "float32")[:, :, None]
+        )  # [P, Q, K]
         gradient = ops.where(
             is_positive, positive[1](x, p, softplus, target), negative[1](x, p, softplus, target)
         )
