@@ -604,6 +604,40 @@ def test_detr_broken_class_ids_and_boxes_make_their_sample_nan(kind: str, mode: 
     np.testing.assert_array_equal(grad_pred[5], fixed_pred[5])
 
 
+@pytest.mark.parametrize("kind", list(DETR_KINDS))
+def test_detr_terms_are_non_finite_where_the_loss_is(kind: str) -> None:
+    """`terms()` (and so `term_metrics()`) follows the failure policy: a broken target
+    gives `NaN` terms, a `NaN` or an infinity in any query (one no target is matched to)
+    gives `NaN` or `inf` terms, as the loss; the good sample's terms are unchanged."""
+    options = DETR_KINDS[kind]
+    loss = DETRLoss(reduction=None, **options)
+    queries = 2 * 2 * options.get("denoising_groups", 0) + 3
+    y_pred = detr_predictions(options["classification"], queries)
+    terms = {name: to_numpy(term) for name, term in loss.terms(DETR_TARGETS, y_pred).items()}
+    losses = to_numpy(loss(DETR_TARGETS, y_pred))
+    for name, term in terms.items():  # DETR_TARGETS: samples 0-4 have a broken target
+        assert np.all(np.isnan(term[:5])) and np.isfinite(term[5]), (name, term)
+    assert np.all(np.isnan(losses[:5])) and np.isfinite(losses[5])
+    fixed = DETR_TARGETS.copy()
+    fixed[:, 1] = PAD  # only the good first row of each sample
+    good = {name: to_numpy(term) for name, term in loss.terms(fixed, y_pred).items()}
+    for name, term in good.items():
+        assert np.all(np.isfinite(term)), (name, term)
+    matched = to_numpy(loss.match(fixed, y_pred))[0]  # sample 0's queries with a target
+    free = [q for q in range(queries) if q not in matched][-1]  # one without
+    for value in (NAN, INF):
+        broken = y_pred.copy()
+        broken[0, free, 4] = value  # a class logit of a query no target is matched to
+        terms = {name: to_numpy(term) for name, term in loss.terms(fixed, broken).items()}
+        losses = to_numpy(loss(fixed, broken))
+        for name, term in terms.items():
+            if np.isnan(value):
+                assert np.isnan(term[0]) and np.isnan(losses[0]), (name, term)
+            else:
+                assert term[0] == INF and losses[0] == INF, (name, term, losses)
+            np.testing.assert_array_equal(term[1:], good[name][1:])
+
+
 # ------------------------------------------------------------------- the property test
 
 SPECIAL = [0.0, 1e-30, -1e-30, 1e20, -1e20, 3e38, -3e38, INF, -INF, NAN]

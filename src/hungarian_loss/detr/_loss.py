@@ -493,7 +493,9 @@ class DETRLoss(HungarianLoss):
         """The three terms of the loss per sample, unweighted, averaged over sets.
 
         `loss = class_weight * class + l1_weight * l1 + giou_weight * box` before Keras's
-        reduction, the box term named by `box_loss`. Denoising terms are included.
+        reduction, the box term named by `box_loss`. Denoising terms are included. The
+        failure policy holds for each term as for the loss: where a sample's loss is
+        `NaN` or `inf` because of its inputs, so is each of its terms.
 
         Args:
             y_true: Targets `[B, M, 5]`.
@@ -504,7 +506,10 @@ class DETRLoss(HungarianLoss):
         """
         problems = self._problems(y_true, y_pred)
         terms = self._problem_terms(problems)
-        return {name: self._reduce_sets(value, problems.num_sets) for name, value in terms.items()}
+        return {
+            name: self._reduce_sets(self._policy(value, problems), problems.num_sets)
+            for name, value in terms.items()
+        }
 
     def term_names(self) -> tuple[str, str, str]:
         """The names of the terms: `("class", "l1", box_loss)`."""
