@@ -442,35 +442,36 @@ def test_class_terms_and_their_gradients_against_numpy(
     np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["focal", "varifocal", "mal"])
-def test_class_terms_leave_out_the_rows_not_counted(kind: str) -> None:
-    """`rows=False` queries add nothing to the value; the others are as without `rows`."""
+@pytest.mark.parametrize(("kind", "alpha", "gamma", "mal_alpha"), CLASS_TERMS[::2])
+def test_class_terms_keep_their_precision_for_confident_predictions(
+    kind: str, alpha: float | None, gamma: float, mal_alpha: float | None
+) -> None:
+    """A well-trained model's class term is tiny (focal: about 1e-7 here); its value keeps
+    float32's relative precision. (Summing every logit's negative value and then swapping
+    in the positives lost it: the confident logits' negative values, about 20 each, were
+    added and taken away again.)"""
     from hungarian_loss.detr import _classification as terms
 
-    rng = np.random.default_rng(11)
-    x = rng.normal(0.0, 3.0, (2, 4, 3)).astype("float32")
-    owner_class = np.array([[1, -1, 0, 2], [-1, 2, 1, -1]], "int32")
-    iou = np.where(owner_class >= 0, rng.uniform(0.05, 1.0, owner_class.shape), 0.0)
-    rows = np.array([[True, False, True, False], [False, True, True, True]])
-    tensors = [keras.ops.convert_to_tensor(a) for a in (owner_class, iou.astype("float32"))]
-
-    def term(logits: object, keep: object = None) -> object:
-        if kind == "focal":
-            return terms.focal(logits, tensors[0], 0.25, 2.0, keep)
-        if kind == "varifocal":
-            return terms.varifocal(logits, *tensors, 0.75, 2.0, keep)
-        return terms.matchability_aware(logits, *tensors, None, 1.5, keep)
-
-    value = to_numpy(term(keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(rows)))
-    unmasked = to_numpy(term(keras.ops.convert_to_tensor(x)))
-    alpha, gamma = {"focal": (0.25, 2.0), "varifocal": (0.75, 2.0), "mal": (None, 1.5)}[kind]
-    x64 = x.astype("float64").reshape(-1, 1, 3)  # one query per problem: a value per row
-    per_row = class_term_reference(
-        kind, x64, x64, owner_class.reshape(-1, 1), iou.reshape(-1, 1), alpha, gamma, None
-    ).reshape(rows.shape)
-    np.testing.assert_allclose(value, np.sum(per_row * rows, axis=1), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(unmasked, np.sum(per_row, axis=1), rtol=1e-5, atol=1e-6)
-    assert np.all(value < unmasked)  # every problem has a row left out
+    rng = np.random.default_rng(5)
+    x = rng.normal(-12.0, 1.0, (2, 40, 10)).astype("float32")  # confident negatives
+    owner_class = np.full((2, 40), -1, "int32")
+    owner_class[:, :6] = rng.integers(0, 10, (2, 6))
+    for problem, query in np.ndindex(2, 6):
+        x[problem, query, owner_class[problem, query]] = rng.uniform(15.0, 30.0)
+    iou = np.where(owner_class >= 0, 0.9, 0.0).astype("float32")
+    query_class, query_iou = (keras.ops.convert_to_tensor(a) for a in (owner_class, iou))
+    logits = keras.ops.convert_to_tensor(x)
+    if kind == "focal":
+        value = terms.focal(logits, query_class, alpha, gamma)
+    elif kind == "varifocal":
+        value = terms.varifocal(logits, query_class, query_iou, alpha, gamma)
+    else:
+        value = terms.matchability_aware(logits, query_class, query_iou, mal_alpha, gamma)
+    x64 = x.astype("float64")
+    expected = class_term_reference(
+        kind, x64, x64, owner_class, iou.astype("float64"), alpha, gamma, mal_alpha
+    )
+    np.testing.assert_allclose(to_numpy(value), expected, rtol=1e-5, atol=0.0)
 
 
 def test_the_class_terms_log1p_matches_numpy_to_float32_rounding() -> None:

@@ -23,9 +23,6 @@ therefore have a hand-written gradient (`_fused_sigmoid_term`): in the forward p
 reduction reads the logits for the values and one elementwise pass writes the gradients,
 each from the logits alone, where automatic differentiation kept the sigmoid, the
 softplus and the weight as tensors of their own (`benchmarks/results/detr_family.md`).
-The reduction computes the negatives' value at every logit and, per query, swaps in the
-positive value at its class (a gather of `[P, Q]` logits): with a one-hot inside the
-pass over all logits, XLA's CPU code took twice as long.
 """
 
 from __future__ import annotations
@@ -65,9 +62,7 @@ def softmax_cross_entropy(
     return -ops.sum(weight * picked, axis=1), ops.sum(weight, axis=1)
 
 
-def focal(
-    logits: Tensor, query_class: Tensor, alpha: float, gamma: float, rows: Tensor | None = None
-) -> Tensor:
+def focal(logits: Tensor, query_class: Tensor, alpha: float, gamma: float) -> Tensor:
     """Deformable DETR's sigmoid focal loss, summed over queries and classes `[P]`.
 
     Args:
@@ -75,7 +70,6 @@ def focal(
         query_class: int32 `[P, Q]`, the class of each query's target (-1: none).
         alpha: Weight of the positives (`1 - alpha` for the negatives).
         gamma: Focusing exponent.
-        rows: bool `[P, Q]`, the queries that count (default: all).
 
     Returns:
         `[P]`.
@@ -97,17 +91,12 @@ def focal(
 
     zeros = ops.zeros_like(ops.cast(query_class, logits.dtype))
     return _fused_sigmoid_term(
-        logits, query_class, zeros, (negative, negative_grad), (positive, positive_grad), rows
+        logits, query_class, zeros, (negative, negative_grad), (positive, positive_grad)
     )
 
 
 def varifocal(
-    logits: Tensor,
-    query_class: Tensor,
-    query_iou: Tensor,
-    alpha: float,
-    gamma: float,
-    rows: Tensor | None = None,
+    logits: Tensor, query_class: Tensor, query_iou: Tensor, alpha: float, gamma: float
 ) -> Tensor:
     """The varifocal loss of RT-DETR and D-FINE, summed over queries and classes `[P]`.
 
@@ -117,7 +106,6 @@ def varifocal(
         query_iou: `[P, Q]`, each matched query's IoU with its target (no gradient).
         alpha: Weight of the negatives.
         gamma: Focusing exponent of the negatives.
-        rows: bool `[P, Q]`, the queries that count (default: all).
 
     Returns:
         `[P]`.
@@ -130,9 +118,7 @@ def varifocal(
         return t * (p - t)
 
     negative = _constant_weight_negative(alpha, gamma)
-    return _fused_sigmoid_term(
-        logits, query_class, query_iou, negative, (positive, positive_grad), rows
-    )
+    return _fused_sigmoid_term(logits, query_class, query_iou, negative, (positive, positive_grad))
 
 
 def matchability_aware(
@@ -141,7 +127,6 @@ def matchability_aware(
     query_iou: Tensor,
     alpha: float | None,
     gamma: float,
-    rows: Tensor | None = None,
 ) -> Tensor:
     """DEIM's matchability-aware loss (MAL), summed over queries and classes `[P]`.
 
@@ -151,7 +136,6 @@ def matchability_aware(
         query_iou: `[P, Q]`, each matched query's IoU with its target (no gradient).
         alpha: Weight of the negatives (`mal_alpha`); `None` for no factor.
         gamma: The exponent of the IoU in the target and of the negatives' weight.
-        rows: bool `[P, Q]`, the queries that count (default: all).
 
     Returns:
         `[P]`.
@@ -168,9 +152,7 @@ def matchability_aware(
         return p - t
 
     negative = _constant_weight_negative(factor, gamma)
-    return _fused_sigmoid_term(
-        logits, query_class, score, negative, (positive, positive_grad), rows
-    )
+    return _fused_sigmoid_term(logits, query_class, score, negative, (positive, positive_grad))
 
 
 def _constant_weight_negative(factor: float, gamma: float) -> tuple[_Elementwise, _Elementwise]:
@@ -194,50 +176,40 @@ def _fused_sigmoid_term(
     score: Tensor,
     negative: tuple[_Elementwise, _Elementwise],
     positive: tuple[_Elementwise, _Elementwise],
-    rows: Tensor | None = None,
 ) -> Tensor:
     """`sum_{q, k}` of `positive` at each query's class, `negative` elsewhere: `[P]`.
 
     Each of `negative` and `positive` is `(value, gradient)`: the elementwise loss of a
-    logit, and its derivative with respect to the logit. `rows [P, Q]` (bool), if given,
-    are the queries that count (the others add nothing to the value). The gradient is
-    computed in the forward pass, beside the value, and the backward pass scales it by
-    the upstream gradient of each problem.
-
-    The value is the sum of `negative` over every logit, then, per query with a class,
-    `positive - negative` at that one logit (gathered, `[P, Q]`): the pass over all the
-    logits compares nothing with the classes. With the one-hot inside it, XLA's CPU code
-    for that pass took twice as long (`benchmarks/results/detr_family.md`).
+    logit, and its derivative with respect to the logit. The gradient is computed in
+    the forward pass, beside the value, and the backward pass scales it by the upstream
+    gradient of each problem.
     """
     num_classes = logits.shape[-1]
     target = score[:, :, None]  # [P, Q, 1]
-    if rows is None:
-        rows = ops.ones_like(query_class, dtype="bool")
-    has_class = ops.logical_and(query_class >= 0, rows)[:, :, None]  # [P, Q, 1]
 
     @ops.custom_gradient
     def term(x: Tensor) -> tuple[Tensor, Callable[..., Tensor]]:
-        p_value, softplus = _sigmoid_and_softplus(x)
-        negatives = ops.where(rows[:, :, None], negative[0](x, p_value, softplus, target), 0.0)
-        # Each query's own class: its positive value in place of the negative one.
-        x_class = ops.take_along_axis(x, ops.maximum(query_class, 0)[:, :, None], axis=2)
-        p_class, softplus_class = _sigmoid_and_softplus(x_class)  # [P, Q, 1]
-        swap = positive[0](x_class, p_class, softplus_class, target) - negative[0](
-            x_class, p_class, softplus_class, target
-        )
-        value = ops.sum(negatives, axis=(1, 2)) + ops.sum(
-            ops.where(has_class, swap, 0.0), axis=(1, 2)
-        )
-        # The gradient takes its sigmoid from another formula, so that XLA computes each
+        is_positive = _one_hot(query_class, num_classes)  # [P, Q, K]
+        # softplus(x) and sigmoid(x) from one exponential, e = exp(-|x|) in (0, 1]. The
+        # gradient takes its sigmoid from another formula, so that XLA computes each
         # inside its own pass rather than keeping one as a tensor for both (a pass fewer).
+        e = ops.exp(-ops.abs(x))
+        inverse = 1.0 / (1.0 + e)  # sigmoid(|x|)
+        softplus = ops.relu(x) + _log1p_unit(e)
+        p_value = ops.where(x >= 0.0, inverse, e * inverse)
+        value = ops.where(
+            is_positive,
+            positive[0](x, p_value, softplus, target),
+            negative[0](x, p_value, softplus, target),
+        )
         p = ops.sigmoid(x)
-        # The one-hot compares float32 class numbers (exact below 2^24 classes): with
-        # int32 ones, TensorFlow's XLA made this pass slower (0.3-1.3 ms on RT-DETR's).
-        is_positive = ops.equal(
+        # Its own one-hot, comparing float32 class numbers (exact below 2^24 classes): with
+        # the int32 one-hot of the value, TensorFlow's XLA made this pass slower.
+        is_class = ops.equal(
             ops.arange(num_classes, dtype="float32"), ops.cast(query_class, "float32")[:, :, None]
         )  # [P, Q, K]
         gradient = ops.where(
-            is_positive, positive[1](x, p, softplus, target), negative[1](x, p, softplus, target)
+            is_class, positive[1](x, p, softplus, target), negative[1](x, p, softplus, target)
         )
 
         def grad(*args: Tensor, upstream: Tensor = None) -> Tensor:
@@ -245,16 +217,9 @@ def _fused_sigmoid_term(
                 (upstream,) = args
             return upstream[:, None, None] * gradient
 
-        return value, grad
+        return ops.sum(value, axis=(1, 2)), grad
 
     return term(logits)
-
-
-def _sigmoid_and_softplus(x: Tensor) -> tuple[Tensor, Tensor]:
-    """`sigmoid(x)` and `softplus(x)` from one exponential, `e = exp(-|x|)` in `(0, 1]`."""
-    e = ops.exp(-ops.abs(x))
-    inverse = 1.0 / (1.0 + e)  # sigmoid(|x|)
-    return ops.where(x >= 0.0, inverse, e * inverse), ops.relu(x) + _log1p_unit(e)
 
 
 # log(1 + e) = e * r(e) on [0, 1], r a polynomial of degree 8 fitted to log1p(e) / e for

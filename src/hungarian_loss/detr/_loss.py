@@ -47,7 +47,6 @@ class _Problems(NamedTuple):
     y_true: Tensor  # [P, M * k, 5]: targets, each repeated k times
     queries: Tensor  # [P, N, D]: the matched queries, non-finite rows zeroed
     denoising: Tensor  # [P, G * 2M, D]: the denoising queries, non-finite rows zeroed
-    finite: Tensor  # [P, G * 2M + N]: the query rows without a non-finite value
     target_mask: Tensor  # [P, M * k]
     cost: Tensor  # [P, M * k, N]: the matching cost, without gradient
     indices: Tensor  # [P, M * k]: the matched query of each target, -1 where unmatched
@@ -591,7 +590,6 @@ class DETRLoss(HungarianLoss):
             y_true=y_true,
             queries=clean[:, count:],
             denoising=clean[:, :count],
-            finite=finite_rows,
             target_mask=target_mask,
             cost=cost,
             indices=indices,
@@ -612,9 +610,7 @@ class DETRLoss(HungarianLoss):
             )  # [B, N]
             box_pairs = ops.repeat(box_pairs, problems.num_sets, axis=0)  # [P, N]
         owners = _layout.query_owners(problems.indices, queries.shape[1])  # [P, N]
-        count = problems.denoising.shape[1]
-        rows = problems.finite[:, count:]  # [P, N]
-        sums = self._sums(problems.y_true, queries, problems.indices, owners, rows, box_pairs)
+        sums = self._sums(problems.y_true, queries, problems.indices, owners, box_pairs)
         if self.denoising_groups:
             # The first copy of each target (rows i * k with `matches_per_target=k`).
             real = problems.target_mask[:, :: self.matches_per_target]  # [P, M]
@@ -625,8 +621,7 @@ class DETRLoss(HungarianLoss):
             y_true = _rows_where(_finite_rows(y_true), y_true)
             dn_true, dn_indices = _layout.denoising_targets(y_true, real, self.denoising_groups)
             dn_owners = _layout.denoising_owners(real, self.denoising_groups)  # [P, G * 2M]
-            dn_rows = problems.finite[:, :count]  # [P, G * 2M]
-            dn_sums = self._sums(dn_true, problems.denoising, dn_indices, dn_owners, dn_rows)
+            dn_sums = self._sums(dn_true, problems.denoising, dn_indices, dn_owners)
         else:
             dn_sums = None
         return self._normalize(sums, dn_sums)
@@ -637,16 +632,13 @@ class DETRLoss(HungarianLoss):
         y_pred: Tensor,
         indices: Tensor,
         owners: Tensor,
-        rows: Tensor,
         box_pairs: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """The sums of the terms per problem `[P]` and their counts, for one assignment.
 
-        `indices [P, M]` is the query of each target, `owners [P, Q]` the target of each
-        query (-1: none) and `rows [P, Q]` the finite queries (the others are zeroed and
-        left out of the class term; the failure policy answers for them). `box_pairs
-        [P, N]`, if given, is the target of each query for the box terms (dense
-        one-to-one) in place of `indices`.
+        `indices [P, M]` is the query of each target and `owners [P, Q]` the target of
+        each query (-1: none). `box_pairs [P, N]`, if given, is the target of each query
+        for the box terms (dense one-to-one) in place of `indices`.
         """
         boxes_pred = y_pred[:, :, :4]  # the box terms read nothing else
         if box_pairs is None:
@@ -658,7 +650,7 @@ class DETRLoss(HungarianLoss):
         l1 = self.matched_cost(box_true, boxes_pred, box_indices, cost=self._l1)  # [P, R]
         box = self.matched_cost(box_true, boxes_pred, box_indices, cost=self._box)  # [P, R]
         pairs = ops.sum(ops.cast(box_indices >= 0, y_pred.dtype), axis=1)  # [P]
-        class_sum, class_count = self._class_sum(y_true, y_pred, indices, owners, rows)
+        class_sum, class_count = self._class_sum(y_true, y_pred, indices, owners)
         return {
             "class": class_sum,
             "class_count": class_count,
@@ -668,7 +660,7 @@ class DETRLoss(HungarianLoss):
         }
 
     def _class_sum(
-        self, y_true: Tensor, y_pred: Tensor, indices: Tensor, owners: Tensor, rows: Tensor
+        self, y_true: Tensor, y_pred: Tensor, indices: Tensor, owners: Tensor
     ) -> tuple[Tensor, Tensor]:
         """The class term's sum `[P]` over all queries, and what it is divided by `[P]`."""
         logits = y_pred[:, :, 4:]  # [P, Q, K (+ 1)]
@@ -680,7 +672,7 @@ class DETRLoss(HungarianLoss):
         count = ops.sum(ops.cast(indices >= 0, logits.dtype), axis=1)  # [P]
         if self.classification == "focal":
             total = classification_terms.focal(
-                logits, query_class, self.focal_alpha, self.focal_gamma, rows
+                logits, query_class, self.focal_alpha, self.focal_gamma
             )
             return total, count
         # The IoU of each matched query's box with its target's, without gradient.
@@ -690,11 +682,11 @@ class DETRLoss(HungarianLoss):
         query_iou = _layout.values_at_queries(iou, owners, 0.0)  # [P, Q]
         if self.classification == "varifocal":
             total = classification_terms.varifocal(
-                logits, query_class, query_iou, self.focal_alpha, self.focal_gamma, rows
+                logits, query_class, query_iou, self.focal_alpha, self.focal_gamma
             )
         else:
             total = classification_terms.matchability_aware(
-                logits, query_class, query_iou, self.mal_alpha, self.focal_gamma, rows
+                logits, query_class, query_iou, self.mal_alpha, self.focal_gamma
             )
         return total, count
 
