@@ -203,14 +203,8 @@ def _fused_sigmoid_term(
             negative[0](x, p_value, softplus, target),
         )
         p = ops.sigmoid(x)
-        # Its own one-hot, of float32 class numbers (exact below 2^24 classes): an int32
-        # one here made TensorFlow's step 0.3-1.3 ms slower, measured beside a value pass
-        # without a one-hot (`benchmarks/results/detr_family.md`).
-        is_class = ops.equal(
-            ops.arange(num_classes, dtype="float32"), ops.cast(query_class, "float32")[:, :, None]
-        )  # [P, Q, K]
         gradient = ops.where(
-            is_class, positive[1](x, p, softplus, target), negative[1](x, p, softplus, target)
+            is_positive, positive[1](x, p, softplus, target), negative[1](x, p, softplus, target)
         )
 
         def grad(*args: Tensor, upstream: Tensor = None) -> Tensor:
