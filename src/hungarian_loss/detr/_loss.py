@@ -505,9 +505,11 @@ class DETRLoss(HungarianLoss):
         """
         problems = self._problems(y_true, y_pred)
         terms = self._problem_terms(problems)
+        names = list(terms)
+        # One failure policy for the three terms: its masks `[P]` broadcast over `[3, P]`.
+        checked = self._policy(ops.stack([terms[name] for name in names]), problems)
         return {
-            name: self._reduce_sets(self._policy(value, problems), problems.num_sets)
-            for name, value in terms.items()
+            name: self._reduce_sets(checked[i], problems.num_sets) for i, name in enumerate(names)
         }
 
     def term_names(self) -> tuple[str, str, str]:
