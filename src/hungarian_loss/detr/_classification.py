@@ -14,15 +14,17 @@ mal         BCE(x, t) * (alpha p^gamma (1 - onehot) + onehot), t = IoU^gamma * o
 ```
 
 with `p = sigmoid(x)` taken without gradient in the varifocal and matchability-aware
-weights. The one-hot is a comparison inside the elementwise computation, never a
-`[P, Q, K]` tensor of its own.
+weights.
 
 Speed. With denoising groups these terms cover `[B * S, Q, K]` logits (RT-DETR: 48 x 900
 x 80 floats, 14 MB), and on the CPU their time is passes over memory. The sigmoid kinds
 therefore have a hand-written gradient (`_fused_sigmoid_term`): in the forward pass, one
 reduction reads the logits for the values and one elementwise pass writes the gradients,
 each from the logits alone, where automatic differentiation kept the sigmoid, the
-softplus and the weight as tensors of their own (`benchmarks/results/detr_family.md`).
+softplus and the weight as tensors of their own. The value's reduction computes only the
+negatives' term, with the positives masked out by a bool tensor made by a scatter; the
+positives' term comes from their gathered logits, `[P, Q]`. The gradient's pass chooses
+between the two by a one-hot compared inside it (`benchmarks/results/detr_family.md`).
 """
 
 from __future__ import annotations
@@ -183,26 +185,35 @@ def _fused_sigmoid_term(
     logit, and its derivative with respect to the logit. The gradient is computed in
     the forward pass, beside the value, and the backward pass scales it by the upstream
     gradient of each problem.
+
+    The value is the negatives' sum over every logit but the positives, plus the
+    positives' sum over their gathered logits: nothing is added and then taken out, so
+    a small total keeps float32 precision (a confident negative's term is about 20 at a
+    logit of +30; subtracting it again would leave noise of 1e-6 in a focal total of
+    1e-7).
     """
     num_classes = logits.shape[-1]
     target = score[:, :, None]  # [P, Q, 1]
 
     @ops.custom_gradient
     def term(x: Tensor) -> tuple[Tensor, Callable[..., Tensor]]:
-        is_positive = _one_hot(query_class, num_classes)  # [P, Q, K]
-        # softplus(x) and sigmoid(x) from one exponential, e = exp(-|x|) in (0, 1]. The
-        # gradient takes its sigmoid from another formula, so that XLA computes each
-        # inside its own pass rather than keeping one as a tensor for both (a pass fewer).
-        e = ops.exp(-ops.abs(x))
-        inverse = 1.0 / (1.0 + e)  # sigmoid(|x|)
-        softplus = ops.relu(x) + _log1p_unit(e)
-        p_value = ops.where(x >= 0.0, inverse, e * inverse)
-        value = ops.where(
-            is_positive,
-            positive[0](x, p_value, softplus, target),
-            negative[0](x, p_value, softplus, target),
+        # The positives are masked out of the value's pass by a tensor made before it
+        # (a scatter): with a one-hot compared inside the pass, every logit computed
+        # both values, and the pass took twice as long.
+        has_class = query_class >= 0  # [P, Q]
+        column = ops.maximum(query_class, 0)[:, :, None]  # [P, Q, 1]
+        negatives = ops.sum(
+            ops.where(_negative_logits(query_class, num_classes), _value(negative[0], x), 0.0),
+            axis=(1, 2),
         )
+        positive_values = _value(positive[0], ops.take_along_axis(x, column, axis=2))
+        positives = ops.sum(ops.where(has_class, positive_values[:, :, 0], 0.0), axis=1)
+        is_positive = _one_hot(query_class, num_classes)  # [P, Q, K]
+        # The gradient takes its sigmoid from another formula than the value's, so
+        # that XLA computes each inside its own pass rather than keeping one as a
+        # tensor for both (a pass fewer).
         p = ops.sigmoid(x)
+        softplus = ops.relu(x) + _log1p_unit(ops.exp(-ops.abs(x)))
         gradient = ops.where(
             is_positive, positive[1](x, p, softplus, target), negative[1](x, p, softplus, target)
         )
@@ -212,9 +223,29 @@ def _fused_sigmoid_term(
                 (upstream,) = args
             return upstream[:, None, None] * gradient
 
-        return ops.sum(value, axis=(1, 2)), grad
+        return negatives + positives, grad
+
+    def _value(function: _Elementwise, x: Tensor) -> Tensor:
+        # softplus(x) and sigmoid(x) from one exponential, e = exp(-|x|) in (0, 1].
+        e = ops.exp(-ops.abs(x))
+        inverse = 1.0 / (1.0 + e)  # sigmoid(|x|)
+        softplus = ops.relu(x) + _log1p_unit(e)
+        return function(x, ops.where(x >= 0.0, inverse, e * inverse), softplus, target)
 
     return term(logits)
+
+
+def _negative_logits(query_class: Tensor, num_classes: int) -> Tensor:
+    """A bool `[P, Q, K]`, False at each query's class, by a scatter (a tensor of its own)."""
+    rows, queries = ops.shape(query_class)  # the rows may be dynamic (a tensor)
+    flat = ops.reshape(query_class, (-1,))  # [P * Q]
+    index = ops.stack(
+        [ops.arange(ops.shape(flat)[0], dtype="int32"), ops.maximum(flat, 0)], axis=-1
+    )  # [P * Q, 2]: (query, class)
+    keep = ops.scatter_update(
+        ops.ones((rows * queries, num_classes), dtype="bool"), index, flat < 0
+    )
+    return ops.reshape(keep, (rows, queries, num_classes))
 
 
 # log(1 + e) = e * r(e) on [0, 1], r a polynomial of degree 8 fitted to log1p(e) / e for
