@@ -200,20 +200,19 @@ def _fused_sigmoid_term(
         # The positives are masked out of the value's pass by a tensor made before it
         # (a scatter): with a one-hot compared inside the pass, every logit computed
         # both values, and the pass took twice as long.
+        p_value, softplus = _sigmoid_and_softplus(x)
+        negative_values = negative[0](x, p_value, softplus, target)
+        keep = _negative_logits(query_class, num_classes)  # [P, Q, K]
+        negatives = ops.sum(ops.where(keep, negative_values, 0.0), axis=(1, 2))
+        x_class = ops.take_along_axis(x, ops.maximum(query_class, 0)[:, :, None], axis=2)
+        positive_values = positive[0](x_class, *_sigmoid_and_softplus(x_class), target)
         has_class = query_class >= 0  # [P, Q]
-        column = ops.maximum(query_class, 0)[:, :, None]  # [P, Q, 1]
-        negatives = ops.sum(
-            ops.where(_negative_logits(query_class, num_classes), _value(negative[0], x), 0.0),
-            axis=(1, 2),
-        )
-        positive_values = _value(positive[0], ops.take_along_axis(x, column, axis=2))
         positives = ops.sum(ops.where(has_class, positive_values[:, :, 0], 0.0), axis=1)
         is_positive = _one_hot(query_class, num_classes)  # [P, Q, K]
         # The gradient takes its sigmoid from another formula than the value's, so
         # that XLA computes each inside its own pass rather than keeping one as a
         # tensor for both (a pass fewer).
         p = ops.sigmoid(x)
-        softplus = ops.relu(x) + _log1p_unit(ops.exp(-ops.abs(x)))
         gradient = ops.where(
             is_positive, positive[1](x, p, softplus, target), negative[1](x, p, softplus, target)
         )
@@ -225,14 +224,14 @@ def _fused_sigmoid_term(
 
         return negatives + positives, grad
 
-    def _value(function: _Elementwise, x: Tensor) -> Tensor:
-        # softplus(x) and sigmoid(x) from one exponential, e = exp(-|x|) in (0, 1].
-        e = ops.exp(-ops.abs(x))
-        inverse = 1.0 / (1.0 + e)  # sigmoid(|x|)
-        softplus = ops.relu(x) + _log1p_unit(e)
-        return function(x, ops.where(x >= 0.0, inverse, e * inverse), softplus, target)
-
     return term(logits)
+
+
+def _sigmoid_and_softplus(x: Tensor) -> tuple[Tensor, Tensor]:
+    """`sigmoid(x)` and `softplus(x)` from one exponential, `e = exp(-|x|)` in `(0, 1]`."""
+    e = ops.exp(-ops.abs(x))
+    inverse = 1.0 / (1.0 + e)  # sigmoid(|x|)
+    return ops.where(x >= 0.0, inverse, e * inverse), ops.relu(x) + _log1p_unit(e)
 
 
 def _negative_logits(query_class: Tensor, num_classes: int) -> Tensor:
