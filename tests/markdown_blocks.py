@@ -5,7 +5,10 @@ environment where nothing is installed.
 
 A line `print(...)  # -> TEXT` states what a block prints: its output must be exactly those
 texts, one per line, in order (and nothing when no print says anything). A block that only
-makes sense on one Keras backend is preceded by the comment `<!-- test-backend: NAME -->`.
+makes sense on one Keras backend is preceded by the comment `<!-- test-backend: NAME -->`;
+a block that runs the same on every backend but is too slow to run on all three (a toy
+training) is preceded by `<!-- tested-on: NAME -->`: the test suite runs it on that backend
+only, and a user runs it on any.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 FENCE = re.compile(r"^(?P<indent>\s*)```(?P<info>[^`]*)$")
-BACKEND_MARKER = re.compile(r"^<!--\s*test-backend:\s*(?P<backend>\w+)\s*-->$")
+BACKEND_MARKER = re.compile(r"^<!--\s*(?P<kind>test-backend|tested-on):\s*(?P<backend>\w+)\s*-->$")
 SNIPPET = re.compile(r'^\s*--8<--\s+"(?P<path>[^":]+)(?::(?P<start>\d*)(?::(?P<end>\d*))?)?"\s*$')
 EXPECTED = re.compile(r"^print\(.*\)\s+# -> (?P<text>.*)$")
 
@@ -31,6 +34,7 @@ class Block:
     language: str
     code: str
     backend: str | None  # from a `test-backend` marker, else None
+    tested_on: str | None  # from a `tested-on` marker, else None
     heading: str  # the closest heading above the block
 
     @property
@@ -77,7 +81,8 @@ def read_blocks(path: Path) -> list[Block]:
                 line=start + 1,
                 language=language,
                 code="\n".join(body) + "\n",
-                backend=marker["backend"] if marker else None,
+                backend=marker["backend"] if marker and marker["kind"] == "test-backend" else None,
+                tested_on=marker["backend"] if marker and marker["kind"] == "tested-on" else None,
                 heading=heading,
             )
         )

@@ -6,8 +6,11 @@ the file, as MkDocs' snippets extension does) is executed in a fresh namespace. 
 those texts, one per line, in order (and nothing when no print says anything).
 
 A block that only makes sense on one Keras backend is preceded by the comment
-`<!-- test-backend: NAME -->`; under the other backend it runs in a fresh Python process
-with `KERAS_BACKEND=NAME`, so that every block runs on every test run.
+`<!-- test-backend: NAME -->`, and a toy training that runs the same on every backend by
+`<!-- tested-on: NAME -->` (the package's code in it is tested on every backend by the
+other test modules; the block shows what a user sees, and one backend shows it). Such a
+block runs in the test run of that backend only; `nox -s tests` runs all three backends,
+so every block runs once per full test run.
 """
 
 from __future__ import annotations
@@ -17,11 +20,8 @@ import importlib
 import inspect
 import io
 import linecache
-import os
 import re
 import shlex
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,10 @@ CI_COMMAND = (
 
 ALL_BLOCKS = [block for path in MARKDOWN_FILES for block in read_blocks(path)]
 PYTHON_BLOCKS = [block for block in ALL_BLOCKS if block.language == "python"]
+# The blocks of this backend's run: those of no backend in particular, and its own.
+RUN_BLOCKS = [
+    block for block in PYTHON_BLOCKS if (block.backend or block.tested_on) in (None, BACKEND)
+]
 
 
 @pytest.fixture
@@ -76,32 +80,11 @@ def run_here(code: str, filename: str) -> str:
     return output.getvalue()
 
 
-def run_in_process(code: str, backend: str, tmp_path: Path) -> str:
-    """Executes `code` in a fresh Python with `KERAS_BACKEND=backend`; returns its output."""
-    script = tmp_path / "example.py"
-    script.write_text(code, encoding="utf-8")
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, f"the example failed on {backend}:\n{result.stderr[-4000:]}"
-    return result.stdout
-
-
 @pytest.mark.usefixtures("restored_registries")
-@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[block.id for block in PYTHON_BLOCKS])
-def test_python_block_runs(block: Block, tmp_path: Path) -> None:
+@pytest.mark.parametrize("block", RUN_BLOCKS, ids=[block.id for block in RUN_BLOCKS])
+def test_python_block_runs(block: Block) -> None:
     code = expand_snippets(block.code)
-    if block.backend is None or block.backend == BACKEND:
-        output = run_here(code, filename=f"<{block.id}>")
-    else:
-        output = run_in_process(code, block.backend, tmp_path)
+    output = run_here(code, filename=f"<{block.id}>")
     assert output.splitlines() == expected_output(code)
 
 
@@ -129,6 +112,8 @@ def test_code_blocks_name_a_known_language(block: Block) -> None:
 def test_backend_markers_name_a_backend() -> None:
     for block in PYTHON_BLOCKS:
         assert block.backend in (None, "tensorflow", "jax", "torch"), block.id
+        assert block.tested_on in (None, "tensorflow", "jax", "torch"), block.id
+        assert block.backend is None or block.tested_on is None, block.id
 
 
 # ----- the API reference ---------------------------------------------------------------------

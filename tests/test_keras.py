@@ -220,6 +220,7 @@ def test_dict_loss_with_loss_weights_on_a_named_output() -> None:
 # ----- 2. matching beats a loss bound to the order of the targets -----------------------------
 
 
+@pytest.mark.xdist_group("trained_set_model")  # one worker trains it
 def test_set_prediction_beats_order_bound_loss(trained_set_model: Any) -> None:
     model, (x_test, y_test) = trained_set_model
     x, y = make_boxes(1024, seed=0)
@@ -257,6 +258,7 @@ def _worker_reload(model_path: str, export_dir: str, data_path: str) -> dict[str
     }
 
 
+@pytest.mark.xdist_group("trained_set_model")
 def test_keras_file_reloads_in_a_fresh_process_and_export_serves(
     trained_set_model: Any, tmp_path: Path
 ) -> None:
@@ -345,12 +347,10 @@ def _worker_distributed() -> dict[str, Any]:
     }
 
 
+# Keras has no multi-device training on the torch backend: keras.distribution runs on JAX
+# only, tf.distribute on TensorFlow only.
+@pytest.mark.backends("tensorflow", "jax")
 def test_two_devices_train_to_the_same_weights_as_one() -> None:
-    if BACKEND == "torch":
-        pytest.skip(
-            "Keras has no multi-device training on the torch backend: keras.distribution "
-            "runs on JAX only, tf.distribute on TensorFlow only."
-        )
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"} if BACKEND == "jax" else {}
     result = run_fresh_process("distributed", env=env)
     assert result["replicas"] == 2 and result["kernel_copies"] == 2

@@ -11,11 +11,11 @@ import logging
 import keras
 import numpy as np
 import pytest
-from helpers import BACKEND, matched_total, scipy_total, to_numpy
+from helpers import matched_total, scipy_total, to_numpy
 
 from hungarian_loss import HungarianLoss, linear_sum_assignment
 
-pytestmark = pytest.mark.skipif(BACKEND != "torch", reason="PyTorch backend only")
+pytestmark = pytest.mark.backends("torch")  # the other runs do not collect these
 
 DETR_BOX_COST = {"l1": 5.0, "giou": 2.0}
 
