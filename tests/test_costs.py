@@ -409,7 +409,8 @@ def test_json_round_trip_through_keras_serialization(name):
         manhattan_first_two,
         ScaledL1(scale=0.5),
     ],
-    ids=str,
+    # A function's name, not its repr (whose address differs between pytest-xdist's workers).
+    ids=lambda identifier: getattr(identifier, "__name__", str(identifier)),
 )
 def test_serialize_cost_and_get_cost_round_trip_through_json(identifier):
     y_true, y_pred = Y_TRUE[..., :4], Y_PRED[..., :4]
