@@ -149,6 +149,7 @@ PUBLIC_NAMES = [
         hungarian_loss,
         hungarian_loss.costs,
         hungarian_loss.boxes,
+        hungarian_loss.masks,
         hungarian_loss.denoising,
         hungarian_loss.keras_hub,
     )
