@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from helpers import jit, to_numpy, value_and_grads
+from helpers import compiled, jit, to_numpy, value_and_grads
 from keras import ops
 
 from hungarian_loss.masks import (
@@ -505,3 +505,15 @@ def test_compiled_sampling_and_costs():
     order = np.argsort(uncertainty, axis=-1)
     expected = np.take_along_axis(candidates, order[..., :6, None], axis=2)
     np.testing.assert_allclose(chosen[:, :, :6], expected, atol=0)
+
+
+def test_unknown_batch_dimension():
+    """Traced with an unknown batch on TensorFlow (`compiled`): shapes read at run time."""
+    points = to_numpy(uniform_points(2, 24, seed=3))
+    np.testing.assert_allclose(
+        compiled(point_sample, PRED_MASKS, points),
+        np_point_sample(PRED_MASKS, points),
+        atol=1e-5,
+    )
+    chosen = compiled(lambda x: importance_points(x, 8, seed=1), PRED_MASKS)
+    assert chosen.shape == (2, 3, 8, 2) and np.all((chosen >= 0.0) & (chosen < 1.0))

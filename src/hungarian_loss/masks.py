@@ -212,7 +212,7 @@ def importance_points(
     Args:
         mask_logits: Float tensor `[B, M, h, w]` of predicted mask logits (known h, w).
         num_points: P, an integer >= 0.
-        oversample_ratio: At least 1 (and such that `C >= K`): candidates per point.
+        oversample_ratio: At least 1: candidates drawn per point.
         importance_ratio: In `[0, 1]`: the fraction of the points chosen by uncertainty.
         seed: An int, a `keras.random.SeedGenerator` or None, as in `uniform_points`.
 
