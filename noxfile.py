@@ -37,6 +37,11 @@ def install_torch(session: nox.Session) -> None:
     )
 
 
+def log_times(session: nox.Session, times: dict[str, float]) -> None:
+    """Logs how long each part of a session took (seconds in, minutes out)."""
+    session.log("times: " + ", ".join(f"{part} {sec / 60:.1f} min" for part, sec in times.items()))
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Run the test suite and the docstring examples on each Keras backend, from one environment.
@@ -69,9 +74,7 @@ def tests(session: nox.Session) -> None:
         xdist = ["-n", "auto", "--dist", "loadgroup"]
         session.run("python", "-m", "pytest", *xdist, "--durations=15", *targets, env=env)
         times[f"pytest, {backend}"] = time.perf_counter() - started
-    session.log(
-        "times: " + ", ".join(f"{part} {seconds / 60:.1f} min" for part, seconds in times.items())
-    )
+    log_times(session, times)
 
 
 @nox.session(python=PYTHON)
@@ -118,8 +121,12 @@ def build(session: nox.Session) -> None:
     if len(sdists) != 1 or len(wheels) != 1:
         session.error(f"Expected one sdist and one wheel in dist/. Received: {sdists + wheels}")
     session.run("twine", "check", "--strict", str(sdists[0]), str(wheels[0]))
-    session.run("python", "tests/follow_readme.py", "--wheel", str(wheels[0]))
-    session.run("python", "tests/follow_readme.py")
+    times: dict[str, float] = {}
+    for part, args in (("the wheel", ["--wheel", str(wheels[0])]), ("the README", [])):
+        started = time.perf_counter()
+        session.run("python", "tests/follow_readme.py", *args)
+        times[part] = time.perf_counter() - started
+    log_times(session, times)
 
 
 @nox.session(python=PYTHON)
