@@ -62,7 +62,7 @@ def test_a_wrong_wheel_fails(tmp_path: Path, change: dict[str, str | None], mess
 
 
 def block(code: str) -> Block:
-    return Block(Path("README.md"), 1, "python", code, backend=None, heading="")
+    return Block(Path("README.md"), 1, "python", code, backend=None, tested_on=None, heading="")
 
 
 def test_a_block_must_print_what_it_says(tmp_path: Path) -> None:
