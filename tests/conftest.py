@@ -7,10 +7,6 @@ training), and end-to-end trainings of backend-independent behaviour that run on
 backend on purpose (the test says why that one): `nox -s tests` runs every backend, so
 each such test runs once per full test run.
 
-At the end of a run, the summary counts the `assert` statements of the tests that passed
-(pytest's `pytest_assertion_pass` hook, summed over pytest-xdist's workers): with the
-count of tests, the measure that a change to the suite keeps what it checks.
-
 On torch the solver is compiled with `torch.compile` (Inductor) once per input shape, which
 takes 10-30 s per shape on 2 CPU cores. The suite solves a few hundred distinct shapes, so on
 torch it runs the same `keras.ops` code eagerly (Keras's Python loop in place of
@@ -21,13 +17,9 @@ torch it runs the same `keras.ops` code eagerly (Keras's Python loop in place of
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import keras
 import pytest
-
-_ASSERTIONS_PASSED = "assertions_passed"
-_passed = [0]  # assert statements passed in this process
 
 if keras.backend.backend() == "torch":
     import torch
@@ -47,27 +39,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if left_out:
         config.hook.pytest_deselected(items=left_out)
         items[:] = kept
-
-
-def pytest_assertion_pass() -> None:
-    _passed[0] += 1
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    workeroutput = getattr(session.config, "workeroutput", None)
-    if workeroutput is not None:  # a pytest-xdist worker: hand the count to the controller
-        workeroutput[_ASSERTIONS_PASSED] = _passed[0]
-
-
-@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook
-def pytest_testnodedown(node: Any, error: Any) -> None:
-    """On pytest-xdist's controller: adds a finished worker's count."""
-    _passed[0] += getattr(node, "workeroutput", {}).get(_ASSERTIONS_PASSED, 0)
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if _passed[0]:
-        terminalreporter.write_line(f"assert statements passed: {_passed[0]}")
 
 
 @pytest.fixture
