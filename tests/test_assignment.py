@@ -277,9 +277,13 @@ def structured_batch(n: int) -> tuple[np.ndarray, list[str]]:
 
 
 # On torch, compiled: Keras's Python loop would take tens of thousands of eager steps here.
+# There, n = 200 only: the compiled torch loop is the same program at both sizes, and
+# n = 500 cost 240 s of Inductor compiles and runs (TensorFlow and JAX: 14 s each).
 @pytest.mark.usefixtures("torch_compile")
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("n", [200, 500])
+@pytest.mark.parametrize(
+    "n", [200, pytest.param(500, marks=pytest.mark.backends("tensorflow", "jax"))]
+)
 def test_large_structured_parity(n: int, strategy: str) -> None:
     cost, kinds = structured_batch(n)
     result = np.asarray(SOLVERS[strategy](cost))

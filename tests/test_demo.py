@@ -146,7 +146,11 @@ def test_command_line_recipe_switch(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--recipe" in capsys.readouterr().err
 
 
+# One backend: what is printed and drawn is the same Python on every backend, and
+# test_a_seeded_run_repeats_itself runs the demo, picture included, on each. TensorFlow:
+# the demo's default backend, and the one whose XLA setting the last check is about.
 @pytest.mark.slow
+@pytest.mark.backends("tensorflow")
 def test_tiny_run_writes_the_picture_and_prints_the_scores(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -182,7 +186,10 @@ def test_tiny_run_writes_the_picture_and_prints_the_scores(
     assert later.jit_compile is True
 
 
+# One backend: the RT-DETR recipe's terms are tested on every backend (test_detr_family);
+# this checks that the demo trains with them. TensorFlow, as above.
 @pytest.mark.slow
+@pytest.mark.backends("tensorflow")
 def test_tiny_rt_detr_run_trains_one_sigmoid_logit(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -163,7 +163,7 @@ def as_json(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker (see test_keras_hub.py's detector)
 def trained_set_model() -> tuple[keras.Model, tuple[np.ndarray, np.ndarray]]:
     """The set-prediction model trained with DETR's box cost, and held-out data."""
     x, y = make_boxes(1024, seed=0)

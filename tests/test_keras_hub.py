@@ -93,7 +93,9 @@ def build_detector() -> Any:
     return keras_hub.models.DFineObjectDetector(backbone=backbone, num_classes=NUM_CLASSES)
 
 
-@pytest.fixture(scope="module")
+# Session scope: pytest-xdist's worker may run other modules' tests between this module's,
+# and a module fixture would then be built again (40 s on JAX) for the next test here.
+@pytest.fixture(scope="session")
 def detector() -> Any:
     keras.utils.set_random_seed(0)
     return build_detector()
