@@ -24,13 +24,13 @@ Nothing here imports from the rest of the package but `boxes`.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, NamedTuple
 
 import keras
 from keras import ops
 
 from hungarian_loss import boxes as box_lib
+from hungarian_loss.masks import _check_count, _is_real  # the same argument checks
 
 __all__ = ["DenoisingQueries", "contrastive_denoising", "denoising_attention_mask"]
 
@@ -350,18 +350,6 @@ def _check_targets(y_true: Tensor) -> int:
             f"(pad the targets to a fixed M). Received: y_true.shape={shape}"
         )
     return int(shape[1])
-
-
-def _check_count(value: Any, name: str) -> int:
-    """Raises a `ValueError` unless `value` is an integer >= 0; returns it as an int."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"Expected `{name}` to be an integer >= 0. Received: {name}={value!r}")
-    return int(value)
-
-
-def _is_real(value: Any) -> bool:
-    """Whether `value` is a real number (not a bool)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _as_float_tensor(x: Tensor) -> Tensor:
