@@ -70,7 +70,7 @@ def tests(session: nox.Session) -> None:
     for backend in backends:
         started = time.perf_counter()
         env = {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        # Tests that share a module fixture (a trained model, a built detector) carry an
+        # Tests that share a fixture (a trained model, a built detector) carry an
         # `xdist_group` mark: one worker runs them, and builds the fixture once.
         xdist = ["-n", "auto", "--dist", "loadgroup"]
         try:  # every backend runs, whatever the one before it gave
