@@ -350,7 +350,7 @@ def test_importance_points_seeds_ratios_and_no_gradient():
         ({"num_points": 4.0}, r"`num_points` to be an integer >= 0"),
         ({"oversample_ratio": 0.5}, r"`oversample_ratio` to be a number >= 1"),
         ({"importance_ratio": 1.5}, r"`importance_ratio` to be a number in \[0, 1\]"),
-        ({"seed": "a"}, r"`seed` to be an int, a `keras.random.SeedGenerator` or None"),
+        ({"seed": "a"}, r"`seed` to be an int, a `keras.random.SeedGenerator`, None, or an"),
     ],
 )
 def test_importance_points_rejects_bad_arguments(kwargs, match):

@@ -9,7 +9,7 @@ target checker, and the costs, box and mask utilities and denoising queries as s
 from hungarian_loss import boxes, costs, denoising, masks
 from hungarian_loss.assignment import linear_sum_assignment
 from hungarian_loss.costs import PairwiseCost, WeightedCost, get_cost, register_cost
-from hungarian_loss.detr import DETRLoss, DETRLossTerm
+from hungarian_loss.detr import DETRLoss, DETRLossTerm, MaskTerms
 from hungarian_loss.loss import HungarianLoss, hungarian_loss
 from hungarian_loss.targets import TargetSummary, check_targets
 
@@ -17,6 +17,7 @@ __all__ = [
     "DETRLoss",
     "DETRLossTerm",
     "HungarianLoss",
+    "MaskTerms",
     "PairwiseCost",
     "TargetSummary",
     "WeightedCost",

@@ -163,9 +163,10 @@ def uniform_points(
         num_points: P, an integer >= 0.
         seed: An int (the same points at each call: reproducible), a
             `keras.random.SeedGenerator` (new points at each call; create it in a
-            layer's or loss's `__init__` so that Keras tracks its state under
-            `jit_compile`), or None (Keras's global generator: not usable inside
-            `jax.jit`).
+            layer's `__init__` so that Keras tracks its state under `jit_compile`),
+            None (Keras's global generator: not usable inside `jax.jit`), or an
+            integer tensor of shape `[2]`: a stateless seed computed in the graph (new
+            points wherever it changes; what `DETRLoss` uses inside `fit`).
 
     Returns:
         Float32 tensor `[B, P, 2]`.
@@ -183,7 +184,7 @@ def uniform_points(
         True
     """
     num_points = _check_count(num_points, "num_points")
-    _check_seed(seed)
+    seed = _keras_seed(seed)
     return keras.random.uniform((batch_size, num_points, 2), dtype="float32", seed=seed)
 
 
@@ -214,7 +215,8 @@ def importance_points(
         num_points: P, an integer >= 0.
         oversample_ratio: At least 1: candidates drawn per point.
         importance_ratio: In `[0, 1]`: the fraction of the points chosen by uncertainty.
-        seed: An int, a `keras.random.SeedGenerator` or None, as in `uniform_points`.
+        seed: An int, a `keras.random.SeedGenerator`, None or an integer tensor `[2]`,
+            as in `uniform_points`.
 
     Returns:
         Float32 tensor `[B, M, P, 2]` of points in `[0, 1)`: the `K` chosen candidates
@@ -246,7 +248,7 @@ def importance_points(
             "Expected `importance_ratio` to be a number in [0, 1]. "
             f"Received: importance_ratio={importance_ratio!r}"
         )
-    _check_seed(seed)
+    seed = _keras_seed(seed)
     mask_logits = ops.stop_gradient(ops.convert_to_tensor(mask_logits))
     shape = tuple(mask_logits.shape)
     if len(shape) != 4 or shape[2] is None or shape[3] is None:
@@ -592,17 +594,46 @@ def _check_focal(alpha: Any, gamma: Any) -> tuple[float, float]:
     return float(alpha), float(gamma)
 
 
-def _check_seed(seed: Any) -> None:
-    """Raises a `ValueError` unless `seed` is an int, a `SeedGenerator` or None."""
-    if not (
+def _keras_seed(seed: Any) -> Any:
+    """`seed` as `keras.random` takes it: a tensor seed `[2]` becomes a `_TensorSeed`.
+
+    Raises a `ValueError` unless `seed` is an int, a `SeedGenerator`, None, or an integer
+    tensor of shape `[2]`.
+    """
+    if (
         seed is None
         or isinstance(seed, keras.random.SeedGenerator)
         or (isinstance(seed, numbers.Integral) and not isinstance(seed, bool))
     ):
-        raise ValueError(
-            "Expected `seed` to be an int, a `keras.random.SeedGenerator` or None. "
-            f"Received: seed={seed!r}"
-        )
+        return seed
+    if hasattr(seed, "shape") and hasattr(seed, "dtype"):
+        dtype = keras.backend.standardize_dtype(seed.dtype)
+        if tuple(seed.shape) == (2,) and "int" in dtype:
+            return _TensorSeed(seed)
+    raise ValueError(
+        "Expected `seed` to be an int, a `keras.random.SeedGenerator`, None, or an integer "
+        f"tensor of shape [2]. Received: seed={seed!r}"
+    )
+
+
+class _TensorSeed(keras.random.SeedGenerator):
+    """A seed computed in the graph (an integer tensor `[2]`), for `keras.random`.
+
+    `keras.random`'s functions take an int or a `SeedGenerator`, and draw from a
+    generator with `next()`: this one returns the tensor it holds and has no state, so
+    it works inside a compiled function on every backend (JAX's stateless training
+    step included), where a stateful generator that no model tracks would repeat
+    itself. It makes no variable: `SeedGenerator.__init__` is not called.
+    """
+
+    def __init__(self, value: Tensor) -> None:
+        dtype = "uint32" if keras.backend.backend() == "jax" else "int32"
+        self._value = ops.cast(value, dtype)
+
+    def next(self, ordered: bool = True) -> Tensor:
+        """The seed tensor `[2]`, the same at every call."""
+        del ordered
+        return self._value
 
 
 def _check_count(value: Any, name: str) -> int:

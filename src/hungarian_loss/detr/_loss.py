@@ -19,15 +19,18 @@ from keras import ops
 from hungarian_loss import _backend, boxes, costs
 from hungarian_loss.detr import _classification as classification_terms
 from hungarian_loss.detr import _layout
+from hungarian_loss.detr._masks import MaskTerms, invalid_masks
 from hungarian_loss.loss import (
     HungarianLoss,
+    _check_true_dtype,
     _failure_policy,
     _finite_rows,
     _negative_size,
     _rows_where,
+    _to_tensor,
 )
 
-__all__ = ["DETRLoss", "DETRLossTerm"]
+__all__ = ["DETRLoss", "DETRLossTerm", "MaskTerms"]
 
 Tensor = Any
 
@@ -55,6 +58,9 @@ class _Problems(NamedTuple):
     nan_matched: Tensor  # [P]: a NaN in a matched query (not a denoising one)
     nan_any: Tensor  # [P]: a NaN in any query
     non_finite: Tensor  # [P]: a non-finite value in any query
+    pred_masks: Tensor | None  # [P, N, h, w]: the matched queries' mask logits, broken rows zeroed
+    target_masks: Tensor | None  # [B, M, H, W]: each image's target masks, once
+    seed: Tensor | None  # int32 [2]: the call's seed of the mask terms' points
 
 
 @keras.saving.register_keras_serializable(package="hungarian_loss")
@@ -239,6 +245,7 @@ class DETRLoss(HungarianLoss):
         mal_alpha: float | None = None,
         denoising_groups: int = 0,
         dense_one_to_one: bool = False,
+        masks: MaskTerms | dict[str, Any] | None = None,
         box_format: str = "center_xywh",
         padding_value: float | None = -1.0,
         matches_per_target: int = 1,
@@ -283,6 +290,21 @@ class DETRLoss(HungarianLoss):
                 "Expected `denoising_groups` to be an int >= 0. "
                 f"Received: denoising_groups={denoising_groups!r}"
             )
+        if isinstance(masks, dict):
+            masks = MaskTerms.from_config(masks)
+        if masks is not None and not isinstance(masks, MaskTerms):
+            raise ValueError(
+                "Expected `masks` to be None or a `hungarian_loss.MaskTerms`. "
+                f"Received: masks={masks!r}"
+            )
+        if masks is not None and (denoising_groups or dense_one_to_one or matches_per_target > 1):
+            raise ValueError(
+                "Expected `masks` without `denoising_groups`, `dense_one_to_one` or "
+                "`matches_per_target` > 1: the mask terms match each target to one query. "
+                f"Received: denoising_groups={denoising_groups!r}, "
+                f"dense_one_to_one={dense_one_to_one!r}, "
+                f"matches_per_target={matches_per_target!r}"
+            )
         # The box costs read channels 0:4; the class cost reads the id at channel 4 of
         # `y_true` and the logits from channel 4 on of `y_pred`.
         box_format = boxes.standardize_box_format(box_format)
@@ -322,6 +344,11 @@ class DETRLoss(HungarianLoss):
         self.mal_alpha = None if mal_alpha is None else float(mal_alpha)
         self.denoising_groups = denoising_groups
         self.dense_one_to_one = bool(dense_one_to_one)
+        self.masks = masks
+        # A mask criterion whose box weights are all 0 reads no boxes (MaskFormer).
+        self._has_boxes = masks is None or any(
+            weight != 0.0 for weight in (l1_weight, giou_weight, *matching[1:])
+        )
         self._l1 = l1
         self._box = box
         self._iou = costs.IoUCost(box_format=box_format, channels=[0, 4])
@@ -455,18 +482,112 @@ class DETRLoss(HungarianLoss):
         }
         return cls(**{**recipe, **kwargs})
 
+    @classmethod
+    def maskformer(
+        cls, seed: int | keras.random.SeedGenerator | None = None, **kwargs: Any
+    ) -> DETRLoss:
+        """MaskFormer's criterion (Cheng et al., 2021): masks on every pixel, no boxes.
+
+        | term | loss weight | matching weight |
+        |---|---|---|
+        | class: softmax cross-entropy, "no object" 0.1 | 1 | 1 (`-softmax` probability) |
+        | mask: sigmoid focal (alpha 0.25, gamma 2), mean over pixels | 20 | 20 |
+        | dice | 1 | 1 |
+
+        Every pixel of the predicted masks (`num_points=None`), normalized by the batch's
+        number of masks (`reduction="sum"`). Inputs are dicts (see `DETRLoss`).
+
+        Args:
+            seed: Unused by the dense terms; kept for the same call as `mask2former`.
+            **kwargs: Any constructor argument, to override the recipe's (`masks=` for
+                other mask terms).
+
+        Returns:
+            A `DETRLoss`.
+        """
+        terms = MaskTerms(
+            mask_weight=20.0, dice_weight=1.0, mask_loss="focal", num_points=None, seed=seed
+        )
+        recipe: dict[str, Any] = {
+            "classification": "softmax",
+            "class_weight": 1.0,
+            "l1_weight": 0.0,
+            "giou_weight": 0.0,
+            "eos_coef": 0.1,
+            "matching_weights": (1.0, 0.0, 0.0),
+            "masks": terms,
+            "normalization": "batch",
+            "reduction": "sum",
+        }
+        return cls(**{**recipe, **kwargs})
+
+    @classmethod
+    def mask2former(
+        cls,
+        num_points: int | None = 12544,
+        seed: int | keras.random.SeedGenerator | None = None,
+        **kwargs: Any,
+    ) -> DETRLoss:
+        """Mask2Former's criterion (Cheng et al., 2022), EoMT's too: masks on sampled points.
+
+        | term | loss weight | matching weight |
+        |---|---|---|
+        | class: softmax cross-entropy, "no object" 0.1 | 2 | 2 (`-softmax` probability) |
+        | mask: sigmoid cross-entropy, mean over points | 5 | 5 |
+        | dice | 5 | 5 |
+
+        `num_points` P = 12544 (112 x 112) per mask: uniform points per image for the
+        matching; importance sampling for the loss (3 P candidates, the 0.75 P most
+        uncertain, 0.25 P uniform). Normalized by the batch's number of masks
+        (`reduction="sum"`). EoMT (Kerssies et al., 2025) trains every block's
+        predictions with this criterion: pass them as sets, `[B, S, Q, ...]`.
+
+        Args:
+            num_points: P, or None for every pixel.
+            seed: The mask terms' seed (`MaskTerms`).
+            **kwargs: Any constructor argument, to override the recipe's.
+
+        Returns:
+            A `DETRLoss`.
+        """
+        terms = MaskTerms(
+            mask_weight=5.0,
+            dice_weight=5.0,
+            mask_loss="bce",
+            num_points=num_points,
+            oversample_ratio=3.0,
+            importance_ratio=0.75,
+            seed=seed,
+        )
+        recipe: dict[str, Any] = {
+            "classification": "softmax",
+            "class_weight": 2.0,
+            "l1_weight": 0.0,
+            "giou_weight": 0.0,
+            "eos_coef": 0.1,
+            "matching_weights": (2.0, 0.0, 0.0),
+            "masks": terms,
+            "normalization": "batch",
+            "reduction": "sum",
+        }
+        return cls(**{**recipe, **kwargs})
+
     # ----- the loss --------------------------------------------------------------------------
+
+    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Tensor = None) -> Tensor:
+        """The reduced loss; dict inputs (`{"labels", ...}`, `{"logits", ...}`) too."""
+        if isinstance(y_true, dict):
+            _check_true_dtype(y_true.get("labels"), self.padding_value)
+            return keras.losses.Loss.__call__(self, y_true, y_pred, sample_weight=sample_weight)
+        return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
     @_backend.outside_torch_compile
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         """Per-sample loss `[B]`."""
         problems = self._problems(y_true, y_pred)
         terms = self._problem_terms(problems)
-        loss = (
-            self.class_weight * terms["class"]
-            + self.l1_weight * terms["l1"]
-            + self.giou_weight * terms[self.box_loss]
-        )  # [P]
+        weights = self._term_weights()
+        loss = sum(weights[name] * terms[name] for name in self.term_names())  # [P]
         loss = self._policy(loss, problems)
         return self._reduce_sets(loss, problems.num_sets)
 
@@ -512,9 +633,28 @@ class DETRLoss(HungarianLoss):
             name: self._reduce_sets(checked[i], problems.num_sets) for i, name in enumerate(names)
         }
 
-    def term_names(self) -> tuple[str, str, str]:
-        """The names of the terms: `("class", "l1", box_loss)`."""
-        return ("class", "l1", self.box_loss)
+    def term_names(self) -> tuple[str, ...]:
+        """The names of the terms: `("class", "l1", box_loss)`, then `("mask", "dice")`.
+
+        Without boxes (a mask criterion whose box weights are all 0): `("class", "mask",
+        "dice")`.
+        """
+        names: tuple[str, ...] = ("class",)
+        if self._has_boxes:
+            names += ("l1", self.box_loss)
+        if self.masks is not None:
+            names += ("mask", "dice")
+        return names
+
+    def _term_weights(self) -> dict[str, float]:
+        weights = {
+            "class": self.class_weight,
+            "l1": self.l1_weight,
+            self.box_loss: self.giou_weight,
+        }
+        if self.masks is not None:
+            weights.update(mask=self.masks.mask_weight, dice=self.masks.dice_weight)
+        return weights
 
     def term_metrics(self) -> list[DETRLossTerm]:
         """Keras metrics of the three terms: `model.compile(..., metrics=loss.term_metrics())`.
@@ -572,12 +712,22 @@ class DETRLoss(HungarianLoss):
 
     def _problems(self, y_true: Tensor, y_pred: Tensor) -> _Problems:
         """Checks, flattens the sets, splits off the denoising queries, and matches."""
+        y_true, y_pred, target_masks, pred_masks = self._unpack(y_true, y_pred)
         y_true, y_pred = self._prepare(y_true, y_pred)
         self._check_layout(y_true, y_pred)
         y_true, y_pred, num_sets = self._flatten_sets(y_true, y_pred)  # [P, M, 5], [P, Q, D]
         # One look at every value: which rows are broken, and the rows zeroed where they
         # are, so that nothing computed from them reaches the gradients.
         finite_rows, nan_rows = _broken_rows(y_pred)  # [P, Q], [P, Q]
+        seed = None
+        if pred_masks is not None:  # a query is broken where its mask logits are
+            pred_masks = ops.reshape(pred_masks, (-1, *pred_masks.shape[-3:]))  # [P, Q, h, w]
+            flat = ops.reshape(pred_masks, (*ops.shape(pred_masks)[:2], -1))  # [P, Q, h * w]
+            finite_masks, nan_masks = _broken_rows(flat)
+            finite_rows = ops.logical_and(finite_rows, finite_masks)
+            nan_rows = ops.logical_or(nan_rows, nan_masks)
+            pred_masks = ops.where(finite_rows[:, :, None, None], pred_masks, 0.0)
+            seed = self.masks.call_seed(pred_masks)
         clean = _rows_where(finite_rows, y_pred)  # [P, Q, D]
         count = _layout.num_denoising(self.denoising_groups, y_true.shape[1])
         _, queries = _layout.split_queries(y_pred, self.denoising_groups, y_true.shape[1])
@@ -586,6 +736,13 @@ class DETRLoss(HungarianLoss):
         cost, invalid = self._matching_cost(
             y_true, queries, finite_pred=finite_rows[:, count:]
         )  # [P, M, N], [P, M]
+        if pred_masks is not None:
+            bad_masks = ops.repeat(invalid_masks(target_masks), num_sets or 1, axis=0)  # [P, M]
+            invalid = ops.logical_or(invalid, bad_masks)
+            mask_cost = self.masks.matching_cost(
+                ops.stop_gradient(pred_masks), target_masks, num_sets or 1, seed
+            )  # [P, M, N]
+            cost = ops.where(invalid[:, :, None], _INF, cost + ops.cast(mask_cost, cost.dtype))
         y_true, target_mask, cost = self._repeat_targets(y_true, real, cost)
         indices = self._solve(cost, target_mask)  # [P, M * k]
         return _Problems(
@@ -600,7 +757,86 @@ class DETRLoss(HungarianLoss):
             nan_matched=ops.any(nan_rows[:, count:], axis=1),
             nan_any=ops.any(nan_rows, axis=1),
             non_finite=ops.logical_not(ops.all(finite_rows, axis=1)),
+            pred_masks=pred_masks,
+            target_masks=target_masks,
+            seed=seed,
         )
+
+    def _unpack(
+        self, y_true: Any, y_pred: Any
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Dict inputs as the packed tensors, and the masks: `y_true, y_pred, target, pred`.
+
+        `y_true = {"labels" [B, M], "boxes" [B, M, 4], "masks" [B, M, H, W]}` becomes
+        `[B, M, 5]` (a label of `padding_value` makes its row padding) and
+        `y_pred = {"logits" [B, (S,) Q, C], "boxes" [..., 4], "masks" [B, (S,) Q, h, w]}`
+        becomes `[B, (S,) Q, 4 + C]`. Without boxes (a criterion that weighs none), both
+        get the same unit box, whose box terms are 0. Tensors pass through.
+        """
+        true_dict, pred_dict = isinstance(y_true, dict), isinstance(y_pred, dict)
+        if not true_dict and not pred_dict:
+            if self.masks is not None:
+                raise ValueError(
+                    "Expected dict inputs with mask terms: y_true = {'labels', 'masks'"
+                    "(, 'boxes')} and y_pred = {'logits', 'masks'(, 'boxes')}. Received: "
+                    f"y_true of type {type(y_true).__name__}, y_pred of type "
+                    f"{type(y_pred).__name__}"
+                )
+            return y_true, y_pred, None, None
+        keys = ("masks",) if self.masks is not None else ()
+        _check_keys("y_true", y_true, ("labels", *keys), ("boxes",))
+        _check_keys("y_pred", y_pred, ("logits", *keys), ("boxes",))
+        if ("boxes" in y_true) != ("boxes" in y_pred) or (
+            self._has_boxes and "boxes" not in y_true
+        ):
+            raise ValueError(
+                "Expected 'boxes' in both y_true and y_pred"
+                + (" (the box terms weigh them)" if self._has_boxes else ", or in neither")
+                + f". Received: y_true keys {sorted(y_true)}, y_pred keys {sorted(y_pred)}"
+            )
+        logits = _to_tensor(y_pred["logits"])
+        dtype = logits.dtype
+        labels = ops.cast(_to_tensor(y_true["labels"]), dtype)
+        if len(labels.shape) != 2 or len(logits.shape) not in (3, 4):
+            raise ValueError(
+                "Expected y_true['labels'] of shape [B, M] and y_pred['logits'] of shape "
+                f"[B, Q, C] or [B, S, Q, C]. Received: labels.shape={tuple(labels.shape)}, "
+                f"logits.shape={tuple(logits.shape)}"
+            )
+        if "boxes" in y_true:
+            true_boxes = ops.cast(_to_tensor(y_true["boxes"]), dtype)
+            pred_boxes = ops.cast(_to_tensor(y_pred["boxes"]), dtype)
+        else:
+            unit = [0.5, 0.5, 1.0, 1.0] if self.box_format.startswith("center") else [0, 0, 1, 1]
+            unit = ops.convert_to_tensor(unit, dtype)
+            true_boxes = ops.broadcast_to(unit, (*ops.shape(labels), 4))
+            pred_boxes = ops.broadcast_to(unit, (*ops.shape(logits)[:-1], 4))
+        _check_shape("y_true['boxes']", true_boxes, (*labels.shape, 4))
+        _check_shape("y_pred['boxes']", pred_boxes, (*logits.shape[:-1], 4))
+        packed_true = ops.concatenate([true_boxes, labels[:, :, None]], axis=-1)  # [B, M, 5]
+        if self.padding_value is not None:
+            padding = ops.equal(labels, self.padding_value)[:, :, None]  # [B, M, 1]
+            packed_true = ops.where(padding, self.padding_value, packed_true)
+        packed_pred = ops.concatenate([pred_boxes, logits], axis=-1)  # [B, (S,) Q, 4 + C]
+        if self.masks is None:
+            return packed_true, packed_pred, None, None
+        target_masks = _to_tensor(y_true["masks"])
+        pred_masks = ops.cast(_to_tensor(y_pred["masks"]), dtype)
+        true_shape, pred_shape = tuple(target_masks.shape), tuple(pred_masks.shape)
+        if (
+            len(true_shape) != 4
+            or len(pred_shape) != len(logits.shape) + 1
+            or not all(isinstance(size, int) for size in (*true_shape[1:], *pred_shape[1:]))
+        ):
+            raise ValueError(
+                "Expected y_true['masks'] of shape [B, M, H, W] and y_pred['masks'] of shape "
+                "[B, (S,) Q, h, w] (the logits' axes, then the mask's), with known sizes "
+                f"after the batch axis. Received: y_true['masks'].shape={true_shape}, "
+                f"y_pred['masks'].shape={pred_shape}, logits.shape={tuple(logits.shape)}"
+            )
+        _check_shape("y_true['masks']", target_masks, (*labels.shape, *true_shape[2:]))
+        _check_shape("y_pred['masks']", pred_masks, (*logits.shape[:-1], *pred_shape[-2:]))
+        return packed_true, packed_pred, target_masks, pred_masks
 
     def _problem_terms(self, problems: _Problems) -> dict[str, Tensor]:
         """The three terms per problem `[P]`: matched queries, plus denoising."""
@@ -613,6 +849,14 @@ class DETRLoss(HungarianLoss):
             box_pairs = ops.repeat(box_pairs, problems.num_sets, axis=0)  # [P, N]
         owners = _layout.query_owners(problems.indices, queries.shape[1])  # [P, N]
         sums = self._sums(problems.y_true, queries, problems.indices, owners, box_pairs)
+        if self.masks is not None:
+            sums["mask"], sums["dice"] = self.masks.pair_sums(
+                problems.pred_masks,
+                problems.target_masks,
+                problems.indices,
+                problems.num_sets or 1,
+                problems.seed,
+            )
         if self.denoising_groups:
             # The first copy of each target (rows i * k with `matches_per_target=k`).
             real = problems.target_mask[:, :: self.matches_per_target]  # [P, M]
@@ -626,7 +870,7 @@ class DETRLoss(HungarianLoss):
             dn_sums = self._sums(dn_true, problems.denoising, dn_indices, dn_owners)
         else:
             dn_sums = None
-        return self._normalize(sums, dn_sums)
+        return self._normalize(sums, dn_sums, self._broken_samples(problems))
 
     def _sums(
         self,
@@ -693,16 +937,38 @@ class DETRLoss(HungarianLoss):
         return total, count
 
     def _normalize(
-        self, sums: dict[str, Tensor], dn_sums: dict[str, Tensor] | None
+        self, sums: dict[str, Tensor], dn_sums: dict[str, Tensor] | None, broken: Tensor
     ) -> dict[str, Tensor]:
-        """Each term divided by its count (per problem, or the batch's), denoising added."""
+        """Each term divided by its count (per problem, or the batch's), denoising added.
+
+        The counts of a broken sample (`broken [P]`, its loss `NaN` or `inf`) do not
+        enter the batch's totals: the other samples are normalized as without it.
+        """
         terms = {}
         for name in self.term_names():
             count = "class_count" if name == "class" else "box_count"
-            terms[name] = sums[name] / self._normalizer(sums[count])
+            terms[name] = sums[name] / self._normalizer(ops.where(broken, 0.0, sums[count]))
             if dn_sums is not None:
-                terms[name] = terms[name] + dn_sums[name] / self._normalizer(dn_sums[count])
+                dn_count = ops.where(broken, 0.0, dn_sums[count])
+                terms[name] = terms[name] + dn_sums[name] / self._normalizer(dn_count)
         return terms
+
+    def _broken_samples(self, problems: _Problems) -> Tensor:
+        """`[P]`: the problems of a sample whose loss the failure policy makes `NaN` or `inf`.
+
+        A problem is broken by a broken query, an invalid real target, or a real target
+        left unmatched although queries are free (non-finite costs); a sample is broken
+        where any of its sets is (`_reduce_sets`).
+        """
+        matched = ops.sum(ops.cast(problems.indices >= 0, "int32"), axis=1)  # [P]
+        real = ops.sum(ops.cast(problems.target_mask, "int32"), axis=1)  # [P]
+        matchable = ops.minimum(real, problems.queries.shape[1])
+        broken = ops.logical_or(problems.non_finite, ops.any(problems.invalid, axis=1))
+        broken = ops.logical_or(broken, matched < matchable)  # [P]
+        if problems.num_sets is None:
+            return broken
+        per_sample = ops.any(ops.reshape(broken, (-1, problems.num_sets)), axis=1)  # [B]
+        return ops.repeat(per_sample, problems.num_sets, axis=0)  # [P]
 
     def _normalizer(self, count: Tensor) -> Tensor:
         """A count `[P]` made a divisor: itself per problem, or the batch's total per set."""
@@ -784,6 +1050,7 @@ class DETRLoss(HungarianLoss):
                 "mal_alpha": self.mal_alpha,
                 "denoising_groups": self.denoising_groups,
                 "dense_one_to_one": self.dense_one_to_one,
+                "masks": None if self.masks is None else self.masks.get_config(),
             }
         )
         return config
@@ -861,6 +1128,32 @@ def _broken_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     sums_finite = ops.all(ops.isfinite(ops.sum(x, axis=-1)))
     finite, nan = ops.cond(sums_finite, all_finite, exact)
     return finite, nan
+
+
+def _check_keys(arg: str, value: Any, required: tuple[str, ...], optional: tuple[str, ...]) -> None:
+    """Raises unless `value` is a dict with the `required` keys and no others but `optional`."""
+    keys = set(value) if isinstance(value, dict) else None
+    if keys is None or not set(required) <= keys or not keys <= set(required) | set(optional):
+        expected = ", ".join(repr(key) for key in required)
+        if optional:
+            expected += ", optionally " + ", ".join(repr(key) for key in optional)
+        received = sorted(keys) if keys is not None else type(value).__name__
+        raise ValueError(
+            f"Expected `{arg}` to be a dict with the keys {expected} (y_true and y_pred "
+            f"are both dicts or both tensors). Received: {arg}={received}"
+        )
+
+
+def _check_shape(name: str, tensor: Tensor, expected: tuple[Any, ...]) -> None:
+    """Raises unless `tensor`'s shape agrees with `expected` wherever both are known."""
+    shape = tuple(tensor.shape)
+    if len(shape) != len(expected) or not all(
+        a is None or b is None or a == b for a, b in zip(shape, expected, strict=True)
+    ):
+        raise ValueError(
+            f"Expected {name} of shape {tuple(expected)} (None: any size). "
+            f"Received: {name}.shape={shape}"
+        )
 
 
 def _check_choice(arg: str, value: Any, choices: tuple[str, ...]) -> None:
