@@ -9,19 +9,24 @@ import math
 import keras
 import numpy as np
 import pytest
+import scipy.optimize
 from helpers import compiled, np_from_xyxy, value_and_grads
 from keras import ops
 
+from hungarian_loss import HungarianLoss
 from hungarian_loss.boxes import BOX_FORMATS
 from hungarian_loss.costs import (
     CIoUCost,
     ClassProbabilityCost,
+    DiceCost,
     DIoUCost,
     FocalClassCost,
     GIoUCost,
     IoUCost,
     L1Cost,
     L2Cost,
+    MaskBCECost,
+    MaskFocalCost,
     PairwiseCost,
     SquaredL2Cost,
     WeightedCost,
@@ -357,6 +362,10 @@ SERIALIZABLE = {
     "ciou": CIoUCost("center_xywh"),
     "class_probability": ClassProbabilityCost(class_index=-1, logits_start=4),
     "focal_class": FocalClassCost(alpha=0.5, gamma=1.0),
+    # Mask costs read as many channels in both tensors: the four box channels here.
+    "mask_bce": MaskBCECost(channels=[0, 4]),
+    "mask_focal": MaskFocalCost(alpha=0.5, gamma=1.0, channels=[0, 4]),
+    "dice": DiceCost(channels=[0, 4]),
     "weighted_names": WeightedCost({"giou": 2.0, "iou": 1.0}, box_format="xywh"),
     "weighted_ciou": WeightedCost({"ciou": 2, "diou": 1}, box_format="center_xywh"),
     "detr": WeightedCost(DETR),
@@ -404,6 +413,8 @@ def test_json_round_trip_through_keras_serialization(name):
         "test_manhattan_first_two",
         {"l1": 5.0, "giou": 2.0},
         {"l1": 5.0, "ciou": 2.0},
+        "mask_focal",
+        {"mask_bce": 5.0, "dice": 5.0},
         GIoUCost("center_xywh"),
         WeightedCost(DETR),
         manhattan_first_two,
@@ -433,6 +444,11 @@ def test_serialize_cost_gives_names_and_configs():
     config = serialize_cost(FocalClassCost(gamma=1.0))
     assert config["registered_name"] == "hungarian_loss>FocalClassCost"
     assert config["config"] == {"alpha": 0.25, "gamma": 1.0, "class_index": 4, "logits_start": 4}
+    assert serialize_cost({"mask_bce": 5, "dice": 5}) == {"mask_bce": 5.0, "dice": 5.0}
+    config = serialize_cost(MaskFocalCost(alpha=0.5))
+    assert config["registered_name"] == "hungarian_loss>MaskFocalCost"
+    assert config["config"] == {"channels": None, "alpha": 0.5, "gamma": 2.0}
+    assert get_cost(json.loads(json.dumps(config))).get_config() == config["config"]
     assert serialize_cost(ScaledL1())["registered_name"] == "hungarian_loss.costs>test_scaled_l1"
     assert serialize_cost(config) == config
     assert WeightedCost({"l1": 5.0, "giou": 2.0}).get_config() == {
@@ -466,6 +482,9 @@ def test_keras_registered_function_serializes_as_a_keras_config():
         ("ciou", CIoUCost),
         ("class_probability", ClassProbabilityCost),
         ("focal_class", FocalClassCost),
+        ("mask_bce", MaskBCECost),
+        ("mask_focal", MaskFocalCost),
+        ("dice", DiceCost),
     ],
 )
 def test_get_cost_by_name(name, cls):
@@ -528,6 +547,10 @@ def test_register_cost_as_a_function_call():
         (lambda: L1Cost(channels=["a", 2]), r"Received: channels=\['a', 2\]"),
         (lambda: FocalClassCost(alpha=1.5), r"Expected `alpha` in \[0, 1\]"),
         (lambda: FocalClassCost(gamma=-1.0), r"Expected `gamma` >= 0"),
+        (lambda: MaskFocalCost(alpha=1.5), r"Expected `alpha` .*\[0, 1\]. Received: alpha=1.5"),
+        (lambda: MaskFocalCost(gamma=-1.0), r"Expected `gamma` .*>= 0. Received: gamma=-1.0"),
+        (lambda: MaskFocalCost(alpha="0.5"), r"Received: alpha='0.5'"),
+        (lambda: DiceCost(channels=[0]), r"Expected `channels` to be None or \[start, stop\]"),
         (lambda: ClassProbabilityCost(class_index=4.0), r"Received: class_index=4.0"),
         (lambda: register_cost("giou", GIoUCost), r"not built in"),
         (lambda: register_cost("", L1Cost), r"non-empty string"),
@@ -545,6 +568,7 @@ def test_bad_arguments_raise_clear_errors(make, message):
         (GIoUCost(), np.zeros((1, 2, 3)), np.zeros((1, 2, 3)), r"with 4 box channels"),
         (IoUCost(channels=[0, 5]), np.zeros((1, 2, 6)), np.zeros((1, 2, 6)), r"4 box channels"),
         (L1Cost(), np.zeros((1, 2, 4)), np.zeros((1, 2, 5)), r"same number of channels"),
+        (DiceCost(), np.zeros((1, 2, 6)), np.zeros((1, 2, 4)), r"same number of channels"),
         (L1Cost(channels=[5, 6]), np.zeros((1, 2, 4)), np.zeros((1, 2, 4)), r"at least one"),
         (L2Cost(), np.zeros((1, 2, 4)), np.zeros((2, 4)), r"of the same rank"),
         (L2Cost(), np.zeros((4,)), np.zeros((4,)), r"of the same rank"),
@@ -623,3 +647,133 @@ def test_only_built_in_costs_have_an_elementwise_form():
     ]:
         assert _elementwise_cost(cost, y, y) is None, cost
     assert _elementwise_cost(WeightedCost({"l1": 1.0, "class_probability": 0.0}), y, y) is not None
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def ref_mask_bce(t, p):
+    """Sigmoid BCE of the logits p at the targets t, mean over the points."""
+    return np.mean(t * softplus(-p) + (1.0 - t) * softplus(p))
+
+
+def ref_mask_focal(t, p, alpha=0.25, gamma=2.0):
+    """MaskFormer's focal matching cost: linear in t, mean over the points."""
+    prob = sigmoid(p)
+    positive = alpha * (1.0 - prob) ** gamma * softplus(-p)
+    negative = (1.0 - alpha) * prob**gamma * softplus(p)
+    return np.mean(t * positive + (1.0 - t) * negative)
+
+
+def ref_dice(t, p):
+    prob = sigmoid(p)
+    return 1.0 - (2.0 * np.sum(prob * t) + 1.0) / (np.sum(prob) + np.sum(t) + 1.0)
+
+
+def random_masks(seed=3, batch=2, m=3, n=4, points=6):
+    """y_true [batch, m, points] targets in [0, 1] (binary and soft rows); y_pred
+    [batch, n, points] logits."""
+    rng = np.random.default_rng(seed)
+    targets = rng.uniform(0.0, 1.0, (batch, m, points))
+    targets[:, :2] = np.round(targets[:, :2])  # binary masks, and a soft one (read between pixels)
+    logits = rng.normal(0.0, 3.0, (batch, n, points))
+    return targets.astype("float32"), logits.astype("float32")
+
+
+MASK_TRUE, MASK_PRED = random_masks()
+MASK2FORMER = {"mask_bce": 5.0, "dice": 5.0}
+MASK_CASES = {
+    "mask_bce": (MaskBCECost(), ref_mask_bce),
+    "mask_focal": (MaskFocalCost(), ref_mask_focal),
+    "mask_focal_params": (
+        MaskFocalCost(alpha=0.5, gamma=1.5),
+        lambda t, p: ref_mask_focal(t, p, alpha=0.5, gamma=1.5),
+    ),
+    "dice": (DiceCost(), ref_dice),
+    "dice_channels": (DiceCost(channels=[1, 5]), lambda t, p: ref_dice(t[1:5], p[1:5])),
+    "mask2former": (
+        WeightedCost(MASK2FORMER),
+        lambda t, p: 5.0 * ref_mask_bce(t, p) + 5.0 * ref_dice(t, p),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MASK_CASES))
+def test_mask_costs_and_their_elementwise_forms_equal_the_reference(case):
+    cost, reference = MASK_CASES[case]
+    value = np.asarray(cost(MASK_TRUE, MASK_PRED))
+    expected = brute_force(reference, MASK_TRUE, MASK_PRED)
+    assert value.shape == (2, 3, 4) and value.dtype == np.float32
+    np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
+    paired = _elementwise_cost(cost, MASK_TRUE, MASK_PRED[:, :3])  # pairs (i, i)
+    assert paired is not None  # `HungarianLoss.matched_cost` uses this form
+    np.testing.assert_allclose(np.asarray(paired), expected[:, [0, 1, 2], [0, 1, 2]], rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_mask_elementwise_forms_are_the_diagonal_with_its_gradient(dtype):
+    # One combination of the three: a gradient that differs in any term shows in the sum.
+    # The first prediction of each sample has logits of +-100 against its target: finite
+    # values and gradients there too.
+    cost = WeightedCost({"mask_bce": 1.0, "mask_focal": 2.0, "dice": 1.0})
+    y_pred = MASK_PRED[:, :3].copy()
+    y_pred[:, 0] = np.where(MASK_TRUE[:, 0] > 0.5, -100.0, 100.0)
+    y_true, y_pred = MASK_TRUE.astype(dtype), y_pred.astype(dtype)
+    value, grad = value_and_grad(lambda t, p: _elementwise_cost(cost, t, p), y_true, y_pred)
+    eye = np.eye(3, dtype=bool)[None]
+    expected, expected_grad = value_and_grad(
+        lambda t, p: ops.sum(ops.where(eye, cost(t, p), 0.0), axis=2), y_true, y_pred
+    )
+    assert value.shape == (2, 3) and value.dtype == np.dtype(dtype)
+    assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad)), (value, grad)
+    np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-4)
+
+
+def test_mask_costs_are_exact_at_extreme_logits():
+    # Logits of +-100 against the opposite targets: -log(sigmoid(-100)) = 100, where a
+    # cross-entropy written as log(sigmoid(x)) gives inf. Half precision computes in
+    # float32 and gives its dtype back.
+    y_true = np.array([[[1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]]], "float32")
+    y_pred = np.array([[[-100, -100, 100, 100], [100, -100, 100, -100]]], "float32")
+    y_pred = np.concatenate([y_pred, -y_pred, np.zeros((1, 1, 4), "float32")], axis=1)
+    references = {"mask_bce": ref_mask_bce, "mask_focal": ref_mask_focal, "dice": ref_dice}
+    for (name, reference), dtype in itertools.product(references.items(), ["float32", "float16"]):
+        value = np.asarray(get_cost(name)(y_true.astype(dtype), y_pred.astype(dtype)))
+        assert value.dtype == np.dtype(dtype)
+        expected = brute_force(reference, y_true, y_pred)
+        np.testing.assert_allclose(value.astype("float64"), expected, rtol=2e-3, atol=1e-5)
+    assert np.asarray(get_cost("mask_bce")(y_true, y_pred))[0, 0, 0] == 100.0
+
+
+def test_hungarian_loss_on_flattened_masks_matches_the_reference():
+    # Mask2Former's mask costs on whole masks [B, M, H * W] (every pixel, MaskFormer's
+    # way): matched and averaged as a NumPy/SciPy reference does it.
+    rng = np.random.default_rng(11)
+    masks = (rng.uniform(size=(2, 3, 2, 3)) > 0.5).astype("float32")  # [B, M, H, W]
+    y_true = masks.reshape(2, 3, 6)  # [B, M, H * W]
+    y_true[1, 2] = -1.0  # a padding target
+    y_pred = rng.normal(0.0, 2.0, (2, 4, 6)).astype("float32")  # [B, N, H * W] logits
+
+    def reference(t, p):
+        return 5.0 * ref_mask_bce(t, p) + 5.0 * ref_dice(t, p)
+
+    # The loss of a sample is the mean cost of its matched pairs (the matching, one
+    # solver call, is the only compiled step): times the number of real targets, the
+    # total of the matching, which must be SciPy's optimum.
+    per_sample = np.asarray(HungarianLoss(cost=MASK2FORMER, reduction=None)(y_true, y_pred))
+    for b, real in enumerate([3, 2]):
+        cost = brute_force(reference, y_true[b : b + 1, :real], y_pred[b : b + 1])[0]
+        rows, cols = scipy.optimize.linear_sum_assignment(cost)
+        np.testing.assert_allclose(per_sample[b] * real, cost[rows, cols].sum(), rtol=1e-5)
+    loss = HungarianLoss(cost=MASK2FORMER)
+    np.testing.assert_allclose(np.asarray(loss(y_true, y_pred)), np.mean(per_sample), rtol=1e-6)
+    assert loss.get_config()["cost"] == {"mask_bce": 5.0, "dice": 5.0}

@@ -14,12 +14,19 @@ with `t = y_true[b, i]` and `p = y_pred[b, j]`:
 "ciou"               1 - CIoU(t[0:4], p[0:4])              (D-FINE)
 "class_probability"  -softmax(p[4:])[t[4]]                 (DETR)
 "focal_class"        focal cost of sigmoid(p[4:]) at t[4]  (Deformable DETR)
+"mask_bce"           mean_d sigmoid BCE of the logit p_d at the target t_d    (masks)
+"mask_focal"         mean_d sigmoid focal loss of p_d at t_d                  (MaskFormer)
+"dice"               1 - (2 sum_d s_d t_d + 1) / (sum_d s_d + sum_d t_d + 1), s = sigmoid(p)
 ```
 
 Vector costs read every channel (or a slice, `channels=[start, stop]`), box costs the
 first four, class costs a class id in `y_true` and logits in `y_pred` (see
-`ClassProbabilityCost`). Costs combine with weights: `{"l1": 5.0, "giou": 2.0}` is
-the DETR box cost, a `WeightedCost`.
+`ClassProbabilityCost`). Mask costs read every channel (or a slice) too: target mask
+values in `[0, 1]` in `y_true` and mask logits in `y_pred` at the same points
+(flattened masks `[B, M, H * W]`, or masks read at sampled points with
+`hungarian_loss.masks.point_sample`). Costs combine with weights:
+`{"l1": 5.0, "giou": 2.0}` is the DETR box cost, a `WeightedCost`, and
+`{"mask_bce": 5.0, "dice": 5.0}` Mask2Former's mask cost.
 
 `get_cost` turns a name, a dict of weights, a config, a `PairwiseCost` or any callable
 `cost(y_true, y_pred) -> [B, M, N]` into a cost; `serialize_cost` goes back to a name
@@ -59,16 +66,20 @@ import keras
 from keras import ops
 
 from hungarian_loss import boxes as box_lib
+from hungarian_loss import masks as mask_lib
 
 __all__ = [
     "CIoUCost",
     "ClassProbabilityCost",
     "DIoUCost",
+    "DiceCost",
     "FocalClassCost",
     "GIoUCost",
     "IoUCost",
     "L1Cost",
     "L2Cost",
+    "MaskBCECost",
+    "MaskFocalCost",
     "PairwiseCost",
     "SquaredL2Cost",
     "WeightedCost",
@@ -676,6 +687,180 @@ class FocalClassCost(_ClassCost):
         return positive - negative
 
 
+class _MaskCost(_VectorCost):
+    """A cost of two sets of masks at the same D points (all channels, or `channels`).
+
+    `y_true [B, M, D]` holds target mask values in `[0, 1]`, `y_pred [B, N, D]` mask
+    logits; `hungarian_loss.masks` computes the costs (as `[B, N, M]`, transposed here).
+    """
+
+    def _masks(self, y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor]:
+        """The logits `[B, N, D]` and the targets `[B, M, D]`; checks that D agrees."""
+        targets, logits = self._selected(y_true, y_pred)
+        return logits, targets
+
+
+@keras.saving.register_keras_serializable(package="hungarian_loss")
+class MaskBCECost(_MaskCost):
+    """Sigmoid binary cross-entropy of masks, mean over the points, the cost `"mask_bce"`.
+
+    With `t = y_true[b, i]` a target mask in `[0, 1]` and `x = y_pred[b, j]` mask
+    logits at the same D points (flattened masks `[B, M, H * W]`, or masks read at
+    sampled points):
+
+    ```
+    cost[b, i, j] = (1 / D) sum_d [t_d softplus(-x_d) + (1 - t_d) softplus(x_d)]
+    ```
+
+    Mask2Former's matching cost (`hungarian_loss.masks.pairwise_sigmoid_bce`: matrix
+    products over the points, in `softplus` form, so that values and gradients are
+    finite for every finite logit).
+
+    Args:
+        channels: `None` to read every channel (point), or `[start, stop]` to read the
+            channels `start:stop` (`stop` may be `None`) of both tensors.
+
+    Raises:
+        ValueError: if `channels` is not `None` or `[start, stop]`.
+
+    Examples:
+        >>> import numpy as np
+        >>> from hungarian_loss.costs import MaskBCECost
+        >>> y_true = np.array([[[1.0, 0.0], [0.0, 1.0]]], dtype="float32")  # 2 masks
+        >>> y_pred = np.array([[[10.0, -10.0], [0.0, 0.0]]], dtype="float32")  # 2 logits each
+        >>> print(np.round(np.asarray(MaskBCECost()(y_true, y_pred)), 4))
+        [[[ 0.      0.6931]
+          [10.      0.6931]]]
+    """
+
+    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """The mean sigmoid cross-entropy of every pair, `[B, M, N]`."""
+        logits, targets = self._masks(y_true, y_pred)  # [B, N, D], [B, M, D]
+        return ops.swapaxes(mask_lib.pairwise_sigmoid_bce(logits, targets), -1, -2)
+
+    def _paired(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """The mean sigmoid cross-entropy of each pair `(y_true[b, i], y_pred[b, i])`, `[B, M]`."""
+        logits, targets = self._masks(y_true, y_pred)  # [B, M, D] each
+        return mask_lib.elementwise_sigmoid_bce(logits, targets)
+
+
+@keras.saving.register_keras_serializable(package="hungarian_loss")
+class MaskFocalCost(_MaskCost):
+    """Sigmoid focal loss of masks, mean over the points, the cost `"mask_focal"` (MaskFormer).
+
+    With `t = y_true[b, i]` a target mask in `[0, 1]`, `x = y_pred[b, j]` mask logits
+    at the same D points and `p = sigmoid(x)`:
+
+    ```
+    positive_d = alpha (1 - p_d)^gamma softplus(-x_d)          (-log p, weighted)
+    negative_d = (1 - alpha) p_d^gamma softplus(x_d)           (-log(1 - p), weighted)
+    cost[b, i, j] = (1 / D) sum_d [t_d positive_d + (1 - t_d) negative_d]
+    ```
+
+    MaskFormer's matching cost (`hungarian_loss.masks.pairwise_sigmoid_focal`). It is
+    linear in `t`: on binary targets it equals MaskFormer's focal loss of the pair
+    (`hungarian_loss.masks.elementwise_sigmoid_focal`); on soft targets it
+    interpolates the binary values, and the cost of matched pairs is this one too.
+
+    Args:
+        alpha: Weight of the positive term, in `[0, 1]`.
+        gamma: Focusing exponent, a finite number `>= 0`.
+        channels: `None` to read every channel (point), or `[start, stop]` to read the
+            channels `start:stop` (`stop` may be `None`) of both tensors.
+
+    Raises:
+        ValueError: if `alpha` is not in `[0, 1]`, `gamma` is not a finite number
+            `>= 0`, or `channels` is not `None` or `[start, stop]`.
+
+    Examples:
+        >>> import numpy as np
+        >>> from hungarian_loss.costs import MaskFocalCost
+        >>> y_true = np.array([[[1.0, 1.0], [0.0, 0.0]]], dtype="float32")  # 2 masks
+        >>> y_pred = np.array([[[0.0, 0.0]]], dtype="float32")  # p = 0.5 at both points
+        >>> print(np.round(np.asarray(MaskFocalCost()(y_true, y_pred)), 4))
+        [[[0.0433]
+          [0.13  ]]]
+        >>> MaskFocalCost(alpha=0.5, gamma=1.0).get_config()
+        {'channels': None, 'alpha': 0.5, 'gamma': 1.0}
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+        channels: Sequence[int | None] | None = None,
+    ) -> None:
+        super().__init__(channels=channels)
+        self.alpha, self.gamma = mask_lib._check_focal(alpha, gamma)
+
+    def get_config(self) -> dict[str, Any]:
+        """Returns the constructor arguments."""
+        return {**super().get_config(), "alpha": self.alpha, "gamma": self.gamma}
+
+    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """The mean focal loss of every pair, `[B, M, N]`."""
+        logits, targets = self._masks(y_true, y_pred)  # [B, N, D], [B, M, D]
+        cost = mask_lib.pairwise_sigmoid_focal(logits, targets, self.alpha, self.gamma)
+        return ops.swapaxes(cost, -1, -2)  # [B, M, N]
+
+    def _paired(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """The mean focal loss of each pair `(y_true[b, i], y_pred[b, i])`, `[B, M]`."""
+        logits, targets = self._masks(y_true, y_pred)  # [B, M, D] each
+        # Each pair as a problem of one prediction and one target: the values of `call`
+        # on soft targets too (`elementwise_sigmoid_focal` is not linear in the target).
+        depth = ops.shape(logits)[-1]
+        cost = mask_lib.pairwise_sigmoid_focal(
+            ops.reshape(logits, (-1, 1, depth)),  # [B * M, 1, D]
+            ops.reshape(targets, (-1, 1, depth)),  # [B * M, 1, D]
+            self.alpha,
+            self.gamma,
+        )  # [B * M, 1, 1]
+        return ops.reshape(cost, ops.shape(logits)[:-1])  # [B, M]
+
+
+@keras.saving.register_keras_serializable(package="hungarian_loss")
+class DiceCost(_MaskCost):
+    """Dice loss of masks, the cost `"dice"` (MaskFormer, Mask2Former).
+
+    With `t = y_true[b, i]` a target mask in `[0, 1]`, `x = y_pred[b, j]` mask logits
+    at the same D points and `p = sigmoid(x)`:
+
+    ```
+    cost[b, i, j] = 1 - (2 sum_d p_d t_d + 1) / (sum_d p_d + sum_d t_d + 1)
+    ```
+
+    Values are in `[0, 1)`; the `+ 1` makes an empty target against an empty
+    prediction cost 0 (`hungarian_loss.masks.pairwise_dice`).
+
+    Args:
+        channels: `None` to read every channel (point), or `[start, stop]` to read the
+            channels `start:stop` (`stop` may be `None`) of both tensors.
+
+    Raises:
+        ValueError: if `channels` is not `None` or `[start, stop]`.
+
+    Examples:
+        >>> import numpy as np
+        >>> from hungarian_loss.costs import DiceCost
+        >>> y_true = np.array([[[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]], dtype="float32")
+        >>> y_pred = np.array([[[20.0, 20.0, -20.0, -20.0]]], dtype="float32")
+        >>> print(np.round(np.asarray(DiceCost()(y_true, y_pred)), 4))  # 0, 1 - 3/4, 1 - 1/3
+        [[[0.    ]
+          [0.25  ]
+          [0.6667]]]
+    """
+
+    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """The dice loss of every pair, `[B, M, N]`."""
+        logits, targets = self._masks(y_true, y_pred)  # [B, N, D], [B, M, D]
+        return ops.swapaxes(mask_lib.pairwise_dice(logits, targets), -1, -2)  # [B, M, N]
+
+    def _paired(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """The dice loss of each pair `(y_true[b, i], y_pred[b, i])`, `[B, M]`."""
+        logits, targets = self._masks(y_true, y_pred)  # [B, M, D] each
+        return mask_lib.elementwise_dice(logits, targets)
+
+
 @keras.saving.register_keras_serializable(package="hungarian_loss")
 class WeightedCost(PairwiseCost):
     """A weighted sum of costs, such as DETR's `{"l1": 5.0, "giou": 2.0}`.
@@ -761,8 +946,8 @@ def get_cost(identifier: Any, box_format: str = "xyxy") -> CostFn:
     Args:
         identifier: One of:
             - a registered name (`"l1"`, `"l2"`, `"squared_l2"`, `"iou"`, `"giou"`,
-              `"diou"`, `"ciou"`, `"class_probability"`, `"focal_class"`, or one added with
-              `register_cost`);
+              `"diou"`, `"ciou"`, `"class_probability"`, `"focal_class"`, `"mask_bce"`,
+              `"mask_focal"`, `"dice"`, or one added with `register_cost`);
             - a dict `{name: weight}`, giving a `WeightedCost`;
             - a config from `serialize_cost` or `keras.saving.serialize_keras_object`;
             - a `PairwiseCost` subclass (instantiated) or instance;
@@ -1122,6 +1307,9 @@ _BUILTIN_COSTS: dict[str, type[PairwiseCost]] = {
     "ciou": CIoUCost,
     "class_probability": ClassProbabilityCost,
     "focal_class": FocalClassCost,
+    "mask_bce": MaskBCECost,
+    "mask_focal": MaskFocalCost,
+    "dice": DiceCost,
 }
 _BUILTIN_NAMES = tuple(_BUILTIN_COSTS)
 _REGISTRY.update(_BUILTIN_COSTS)
