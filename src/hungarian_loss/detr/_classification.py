@@ -60,7 +60,7 @@ def softmax_cross_entropy(
     label = ops.where(matched, query_class, no_object)  # [P, Q]
     log_probs = ops.log_softmax(logits, axis=-1)  # [P, Q, K + 1]
     picked = ops.sum(ops.where(_one_hot(label, no_object + 1), log_probs, 0.0), axis=-1)
-    weight = ops.where(matched, 1.0, eos_coef)  # [P, Q]
+    weight = ops.cast(ops.where(matched, 1.0, eos_coef), picked.dtype)  # [P, Q]
     return -ops.sum(weight * picked, axis=1), ops.sum(weight, axis=1)
 
 

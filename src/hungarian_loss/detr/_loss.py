@@ -75,6 +75,22 @@ class DETRLoss(HungarianLoss):
     y_pred [B, Q, 4 + K]        [box (4), logit_0 ... logit_{K-1}]       focal, varifocal, mal
     ```
 
+    or the same as dicts, which read better when the parts differ in shape, and which
+    masks need (keras-hub's detectors take `{"boxes", "labels"}` targets too):
+
+    ```
+    y_true = {"labels": [B, M] int (-1: padding), "boxes": [B, M, 4], "masks": [B, M, H, W]}
+    y_pred = {"logits": [B, (S,) Q, K (+ 1)], "boxes": [B, (S,) Q, 4], "masks": [B, (S,) Q, h, w]}
+    ```
+
+    `"masks"` on both sides with `masks=MaskTerms(...)` (MaskFormer, Mask2Former, EoMT:
+    see `MaskTerms` and the recipes `maskformer()` and `mask2former()`), where target
+    masks (bool or float in `[0, 1]`) may have another resolution than the predicted
+    mask logits; `"boxes"` on both sides, or on neither where no box term weighs them
+    (the mask recipes). A model whose outputs are such a dict is trained with the loss
+    of the whole dict in its `compute_loss` (Keras's `compile` applies a single loss to
+    each output of a dict on its own): see the segmentation guide.
+
     `y_pred` may hold S prediction sets, `[B, S, Q, ...]` (decoder layers, the encoder's
     proposals, query groups): every set is matched to the same targets, all in one
     solver call, and the sample's loss is the mean over sets (see `set_weights`). K is
@@ -175,6 +191,8 @@ class DETRLoss(HungarianLoss):
         denoising_groups: G, the number of contrastive denoising groups at the front
             of the query axis (0: none).
         dense_one_to_one: Whether the box terms use DEIM's dense one-to-one pairs.
+        masks: A `MaskTerms`: the mask and dice terms, in the matching and the loss,
+            on dict inputs with masks (None: no masks).
         box_format: Format of the boxes in both tensors (Keras's names).
         padding_value: Value that fills padding target rows, or `None` when every row
             is a target.
@@ -189,9 +207,11 @@ class DETRLoss(HungarianLoss):
         ValueError: if a weight or `eos_coef` is negative or not finite, all matching
             weights are 0, `classification`, `normalization`, `box_loss` or `box_format`
             is unknown, an alpha is outside `[0, 1]` or a gamma negative, or
-            `denoising_groups` is not an int >= 0; at trace time if `y_true` does not
-            have 5 channels, `y_pred` has no class logits, or its query axis is shorter
-            than the denoising queries.
+            `denoising_groups` is not an int >= 0, or `masks` comes with denoising
+            groups, dense one-to-one pairs or several matches per target; at trace time
+            if `y_true` does not have 5 channels, `y_pred` has no class logits, its
+            query axis is shorter than the denoising queries, or dict inputs miss a key
+            or have shapes that do not agree.
 
     Examples:
         One object of class 1 (of K = 2) and three predictions: the second finds it,
@@ -595,8 +615,8 @@ class DETRLoss(HungarianLoss):
         """The optimal matching, indexing the query axis of `y_pred`.
 
         Args:
-            y_true: Targets `[B, M, 5]`.
-            y_pred: Predictions `[B, Q, D]` or `[B, S, Q, D]`.
+            y_true: Targets `[B, M, 5]`, or a dict (see `DETRLoss`).
+            y_pred: Predictions `[B, Q, D]` or `[B, S, Q, D]`, or a dict.
 
         Returns:
             int32 `[B, M]` (`[B, S, M]` with sets; a last axis of k with
@@ -610,24 +630,25 @@ class DETRLoss(HungarianLoss):
         return self._shape_indices(indices, problems.num_sets)
 
     def terms(self, y_true: Tensor, y_pred: Tensor) -> dict[str, Tensor]:
-        """The three terms of the loss per sample, unweighted, averaged over sets.
+        """The terms of the loss per sample, unweighted, averaged over sets.
 
         `loss = class_weight * class + l1_weight * l1 + giou_weight * box` before Keras's
-        reduction, the box term named by `box_loss`. Denoising terms are included. The
+        reduction, the box term named by `box_loss`, plus `mask_weight * mask +
+        dice_weight * dice` with mask terms (`term_names()`). Denoising terms are included. The
         failure policy holds for each term as for the loss: where a sample's loss is
         `NaN` or `inf` because of its inputs, so is each of its terms.
 
         Args:
-            y_true: Targets `[B, M, 5]`.
-            y_pred: Predictions `[B, Q, D]` or `[B, S, Q, D]`.
+            y_true: Targets `[B, M, 5]`, or a dict (see `DETRLoss`).
+            y_pred: Predictions `[B, Q, D]` or `[B, S, Q, D]`, or a dict.
 
         Returns:
-            `{"class": [B], "l1": [B], box_loss: [B]}`.
+            `{name: [B] for name in term_names()}`.
         """
         problems = self._problems(y_true, y_pred)
         terms = self._problem_terms(problems)
         names = list(terms)
-        # One failure policy for the three terms: its masks `[P]` broadcast over `[3, P]`.
+        # One failure policy for all terms: its masks `[P]` broadcast over `[T, P]`.
         checked = self._policy(ops.stack([terms[name] for name in names]), problems)
         return {
             name: self._reduce_sets(checked[i], problems.num_sets) for i, name in enumerate(names)
@@ -720,14 +741,15 @@ class DETRLoss(HungarianLoss):
         # are, so that nothing computed from them reaches the gradients.
         finite_rows, nan_rows = _broken_rows(y_pred)  # [P, Q], [P, Q]
         seed = None
-        if pred_masks is not None:  # a query is broken where its mask logits are
+        mask_terms = self.masks
+        if pred_masks is not None and mask_terms is not None:  # broken mask logits: a broken query
             pred_masks = ops.reshape(pred_masks, (-1, *pred_masks.shape[-3:]))  # [P, Q, h, w]
             flat = ops.reshape(pred_masks, (*ops.shape(pred_masks)[:2], -1))  # [P, Q, h * w]
             finite_masks, nan_masks = _broken_rows(flat)
             finite_rows = ops.logical_and(finite_rows, finite_masks)
             nan_rows = ops.logical_or(nan_rows, nan_masks)
             pred_masks = ops.where(finite_rows[:, :, None, None], pred_masks, 0.0)
-            seed = self.masks.call_seed(pred_masks)
+            seed = mask_terms.call_seed(pred_masks)
         clean = _rows_where(finite_rows, y_pred)  # [P, Q, D]
         count = _layout.num_denoising(self.denoising_groups, y_true.shape[1])
         _, queries = _layout.split_queries(y_pred, self.denoising_groups, y_true.shape[1])
@@ -736,10 +758,10 @@ class DETRLoss(HungarianLoss):
         cost, invalid = self._matching_cost(
             y_true, queries, finite_pred=finite_rows[:, count:]
         )  # [P, M, N], [P, M]
-        if pred_masks is not None:
+        if pred_masks is not None and mask_terms is not None:
             bad_masks = ops.repeat(invalid_masks(target_masks), num_sets or 1, axis=0)  # [P, M]
             invalid = ops.logical_or(invalid, bad_masks)
-            mask_cost = self.masks.matching_cost(
+            mask_cost = mask_terms.matching_cost(
                 ops.stop_gradient(pred_masks), target_masks, num_sets or 1, seed
             )  # [P, M, N]
             cost = ops.where(invalid[:, :, None], _INF, cost + ops.cast(mask_cost, cost.dtype))
@@ -850,12 +872,16 @@ class DETRLoss(HungarianLoss):
         owners = _layout.query_owners(problems.indices, queries.shape[1])  # [P, N]
         sums = self._sums(problems.y_true, queries, problems.indices, owners, box_pairs)
         if self.masks is not None:
-            sums["mask"], sums["dice"] = self.masks.pair_sums(
+            mask, dice = self.masks.pair_sums(
                 problems.pred_masks,
                 problems.target_masks,
                 problems.indices,
                 problems.num_sets or 1,
                 problems.seed,
+            )  # [P] each, float32: the means over points are taken in float32
+            sums["mask"], sums["dice"] = (
+                ops.cast(mask, queries.dtype),
+                ops.cast(dice, queries.dtype),
             )
         if self.denoising_groups:
             # The first copy of each target (rows i * k with `matches_per_target=k`).

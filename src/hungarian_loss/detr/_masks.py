@@ -211,7 +211,8 @@ class MaskTerms:
             base = ops.cast(self._base_seed.next(), "int32")  # [2]
         else:
             base = ops.convert_to_tensor([int(self._base_seed) % 2**31, 0], "int32")
-        total = ops.sum(ops.cast(ops.stop_gradient(pred_masks), "float32"))
+        masks = ops.stop_gradient(ops.convert_to_tensor(pred_masks))
+        total = ops.sum(ops.cast(masks, "float32"))
         digest = ops.view(ops.reshape(total, (1,)), "int32")  # [1]
         return ops.stack([ops.bitwise_xor(base[0], digest[0]), base[1]])
 
