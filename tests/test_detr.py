@@ -161,6 +161,23 @@ def test_batch_normalization_with_sum_reduction_is_detrs_loss() -> None:
     assert abs(value - sample) > 1e-3
 
 
+def test_batch_normalization_leaves_a_broken_sample_out_of_the_counts() -> None:
+    """A sample whose loss is NaN (a class id out of range) adds nothing to the batch's
+    counts: the other samples are divided by the totals of the batch without it, DETR's
+    `num_boxes` of the good samples. (Its targets and weights used to enter them.)"""
+    y_true, y_pred = make_data(2, sets=2)
+    y_true[3, 0, 4] = K + 4  # sample 3: a class id out of range
+    loss = DETRLoss(normalization="batch", reduction="none")
+    values = per_sample(loss, y_true, y_pred)
+    good = [0, 1, 2, 4, 5]
+    expected = np.mean(
+        [reference_detr(y_true[good], y_pred[good, s], normalization="batch") for s in range(2)],
+        axis=0,
+    )
+    assert np.isnan(values[3])
+    np.testing.assert_allclose(values[good], expected, rtol=1e-5, atol=1e-6)
+
+
 def test_terms_add_up_to_the_loss_and_log_as_metrics() -> None:
     y_true, y_pred = make_data(3, sets=2)
     loss = DETRLoss(class_weight=2.0, reduction="none")
