@@ -637,6 +637,36 @@ def test_detr_terms_are_non_finite_where_the_loss_is(kind: str) -> None:
             np.testing.assert_array_equal(term[1:], good[name][1:])
 
 
+def test_a_plain_loss_with_a_class_cost_makes_bad_class_ids_nan() -> None:
+    """The class-id rule of a class cost in any loss, not only `DETRLoss`: an id that is
+    not an integer in `[0, C)`, C the logits from `logits_start` on, is never matched."""
+    y_pred = detr_predictions("focal", 3)  # [6, 3, 4 + 80]: C = 80
+    detr_like = WeightedCost([(ClassProbabilityCost(), 1.0), (L1Cost(channels=[0, 4]), 5.0)])
+    loss = per_sample(cost=detr_like)
+    # One mode, the cheaper one of the backend (the rule has no code of its own per mode;
+    # JAX compiles op by op eagerly): a third of the time of both.
+    mode = "compiled" if BACKEND == "jax" else "eager"
+    value, grad_true, grad_pred, indices = outcome(loss, DETR_TARGETS, y_pred, mode)
+    # Samples 0-3: ids 90, 80, -1 and 1.5; sample 4's negative width is no rule (no box
+    # cost reads it), sample 5 is good.
+    assert np.all(np.isnan(value[:4])) and np.all(np.isfinite(value[4:])), value
+    assert not np.any(grad_true[:4]) and not np.any(grad_pred[:4])
+    assert np.all(np.isfinite(grad_pred[4:])) and np.any(grad_pred[4:])
+    np.testing.assert_array_equal(indices[:, 1] >= 0, [False] * 4 + [True] * 2)
+    # The rule of each class cost the cost computes, in its own channels; none for a
+    # class cost of weight 0 (it is not computed).
+    ids_first = np.roll(DETR_TARGETS, 1, axis=-1)  # [class id, box]
+    cases = [
+        (FocalClassCost(class_index=0, logits_start=4), ids_first, [True] * 4 + [False] * 2),
+        (WeightedCost([(detr_like, 1.0), ("l2", 1.0)]), DETR_TARGETS, [True] * 4 + [False] * 2),
+        (WeightedCost([(ClassProbabilityCost(), 0.0), ("l1", 1.0)]), DETR_TARGETS, [False] * 6),
+    ]
+    for cost, y_true, expected in cases:
+        invalid = to_numpy(per_sample(cost=cost).invalid_targets(y_true, y_pred))  # [6, 2]
+        np.testing.assert_array_equal(invalid[:, 1], expected, err_msg=repr(cost))
+        assert not np.any(invalid[:, 0]), repr(cost)
+
+
 # ------------------------------------------------------------------- the property test
 
 SPECIAL = [0.0, 1e-30, -1e-30, 1e20, -1e20, 3e38, -3e38, INF, -INF, NAN]
@@ -646,6 +676,7 @@ BATCH, M, N, CLASSES = 8, 4, 3, 3  # M > N; padding rows make M <= N too
 # Layout: y_true = [box (4), class id], y_pred = [box (4), CLASSES logits]; boxes in xyxy.
 BOX = [0, 4]
 READS_BOXES = {"iou", "giou", "diou", "ciou", "weighted"}  # negative-size target boxes: invalid
+READS_CLASS_IDS = {"class_probability", "focal_class", "weighted"}  # ids not in 0..C-1: invalid
 PROPERTY_COSTS = {
     "l1": L1Cost(channels=BOX),
     "l2": L2Cost(channels=BOX),
@@ -728,6 +759,10 @@ def check_policy(
     if name in READS_BOXES:
         negative = (y_true[..., 2] < y_true[..., 0]) | (y_true[..., 3] < y_true[..., 1])
         valid_true &= ~negative
+    if name in READS_CLASS_IDS:
+        ids = y_true[..., 4]
+        with np.errstate(invalid="ignore"):
+            valid_true &= (ids == np.round(ids)) & (ids >= 0) & (ids <= CLASSES - 1)
     for b in range(BATCH):
         where = f"{name}, sample {b}: loss {value[b]}, indices {indices[b]}"
         # The matching is a valid partial matching of real targets on allowed pairs only ...

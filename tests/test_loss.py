@@ -10,7 +10,9 @@ import pytest
 import scipy.optimize
 from helpers import compiled, gradient, jit
 
-from hungarian_loss import HungarianLoss, hungarian_loss
+from hungarian_loss import DETRLoss, HungarianLoss, hungarian_loss
+from hungarian_loss.costs import ClassProbabilityCost, L1Cost, WeightedCost
+from hungarian_loss.loss import _check_class_id_dtype
 
 # The upstream README's worked example.
 Y_TRUE = np.array([[[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]], "float32")
@@ -313,6 +315,32 @@ def test_bad_inputs_raise_clear_errors() -> None:
         loss(Y_TRUE, Y_PRED[:, :, :3])  # feature sizes differ
     with pytest.raises(ValueError, match="4"):
         HungarianLoss(cost="giou")(Y_TRUE[:, :, :3], Y_PRED[:, :, :3])  # not boxes
+
+
+def test_integer_targets_that_cannot_hold_the_class_ids_raise_at_trace_time() -> None:
+    """An int8 `y_true` holds class ids up to 127: with 200 classes the others wrapped
+    around before the loss saw them. Every loss whose cost reads class ids says so."""
+    y_true = np.array([[[0, 0, 2, 2, 1], [-1, -1, -1, -1, -1]]], "int8")
+    y_pred = np.zeros((1, 2, 4 + 200), "float32")  # 200 logits from channel 4 on
+    cost = WeightedCost([(ClassProbabilityCost(), 1.0), (L1Cost(channels=[0, 4]), 5.0)])
+    loss = HungarianLoss(cost=cost)
+    message = r"class ids 0\.\.199 .*Received: y_true\.dtype=int8, .*127.*int32"
+    # Compiled: raised while tracing (torch's suite runs compiled code eagerly: conftest.py).
+    traced = [] if keras.backend.backend() == "torch" else [jit(loss)]
+    for fn in (loss, loss.match, *traced):
+        with pytest.raises(ValueError, match=message):
+            fn(y_true, y_pred)
+    loss._check_target_dtypes(y_true.astype("int16"), y_pred)  # int16 holds them: no error
+    # DETRLoss's matching cost reads the class ids of its packed [B, M, 5] targets too.
+    for classification, depth in (("softmax", 4 + 200 + 1), ("focal", 4 + 200)):
+        detr = DETRLoss(classification=classification)
+        with pytest.raises(ValueError, match=r"class ids 0\.\.\d+ .*y_true\.dtype=int8"):
+            detr(y_true, np.zeros((1, 2, depth), "float32"))
+    # The check itself, for other callers (say, the labels of dict targets).
+    for dtype, num_classes in (("int8", 128), ("uint8", 256), ("bool", 2), ("float16", 10**6)):
+        _check_class_id_dtype(dtype, num_classes, "labels")
+    with pytest.raises(ValueError, match=r"class ids 0\.\.2 .*labels\.dtype=bool"):
+        _check_class_id_dtype("bool", 3, "labels")
 
 
 # ----- config ----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import subprocess
@@ -188,3 +189,101 @@ def test_no_tensorflow_import_for_arrays() -> None:
         )
         assert result.returncode == 0, result.stderr[-2000:]
         assert result.stdout.strip() == "False", backend
+
+
+# ----- mask targets: dicts of labels, masks and (optionally) boxes, as keras-hub gives them
+
+# Three images of 2 x 3 pixels, up to M = 3 targets; labels -1 are padding rows.
+LABELS = np.array([[1, -1, -1], [0, 2, -1], [-1, -1, -1]], dtype="int32")  # image 2: none
+MASKS = np.zeros((3, 3, 2, 3), dtype="float32")
+MASKS[0, 0, :, :2] = 1.0
+MASKS[1, 0, 1, :] = 0.5  # a soft mask
+MASKS[:, 1:] = np.nan  # padding rows hold anything, even in image 1 (row 1 is real there)
+MASKS[1, 1] = 0.0  # an empty mask: legal
+MASK_BOXES = np.array(  # xyxy
+    [
+        [[0.0, 0.0, 2.0, 2.0], [-1.0] * 4, [-1.0] * 4],
+        [[0.0, 1.0, 3.0, 2.0], [1.0, 1.0, 1.0, 1.0], [-1.0] * 4],  # zero size: legal
+        [[-1.0] * 4] * 3,
+    ],
+    dtype="float32",
+)
+
+# (key, sample, row, value, what the message says): one value set to break a rule.
+BROKEN_MASK_TARGETS = {
+    "mask_nan": ("masks", 0, 0, (1, 2, np.nan), r"a mask with a non-finite value \(1 NaN"),
+    "mask_above_one": ("masks", 1, 0, (0, 1, 255.0), r"mask values outside \[0, 1\] \(0 to 255\)"),
+    "mask_negative": ("masks", 1, 1, (0, 0, -0.5), r"mask values outside \[0, 1\] \(-0\.5 to 0\)"),
+    "class_out_of_range": ("labels", 1, 1, 3, r"class id 3 is not in 0\.\.2 \(num_classes=3\)"),
+    "class_negative": (
+        "labels",
+        0,
+        0,
+        -2,
+        r"class id -2 is negative \(padding rows have the label -1\)",
+    ),
+    "box_negative": ("boxes", 1, 0, (2, -1.0), r"a box of negative width.*'xyxy' \(width -1,"),
+}
+
+
+def mask_targets(case: str | None = None, boxes: bool = False) -> tuple[dict, str]:
+    """The dict targets, with one value changed to break the rule of `case`."""
+    y_true = {"labels": LABELS.copy(), "masks": MASKS.copy()}
+    if boxes or (case is not None and BROKEN_MASK_TARGETS[case][0] == "boxes"):
+        y_true["boxes"] = MASK_BOXES.copy()
+    if case is None:
+        return y_true, ""
+    key, sample, row, value, message = BROKEN_MASK_TARGETS[case]
+    where = (sample, row) if key == "labels" else (sample, row, *value[:-1])
+    y_true[key][where] = value if key == "labels" else value[-1]
+    return y_true, rf"^Sample {sample}, row {row} of the targets: {message}"
+
+
+def test_summary_of_good_mask_targets() -> None:
+    for boxes in (False, True):
+        summary = check_targets(mask_targets(boxes=boxes)[0], num_classes=3)
+        assert (summary.samples, summary.targets, summary.max_targets) == (3, 3, 2)
+        assert summary.class_counts == {0: 1, 1: 1, 2: 1}
+        assert (summary.empty_masks, summary.samples_without_targets) == (1, 1)
+        assert (summary.width_range is not None) is boxes
+    assert repr(summary).splitlines() == [
+        "TargetSummary: 3 samples (1 without targets), 3 targets (at most 2 per sample)",
+        "  class ids (num_classes=3): 0: 1, 1: 1, 2: 1",
+        "  masks: 3, empty masks: 1",
+        "  box width 0 to 3, height 0 to 2 (xyxy)",
+    ]
+    # Bool masks, tensors of the backend, and one sample [M, ...] are mask targets too.
+    bool_masks = {"labels": LABELS, "masks": np.nan_to_num(MASKS) > 0.0}
+    without_boxes = dataclasses.replace(summary, width_range=None, height_range=None)
+    assert check_targets(bool_masks, num_classes=3) == without_boxes
+    tensors = {key: keras.ops.convert_to_tensor(value) for key, value in bool_masks.items()}
+    assert check_targets(tensors, num_classes=3).empty_masks == 1
+    assert check_targets({"labels": LABELS[1], "masks": MASKS[1]}, num_classes=3).targets == 2
+
+
+@pytest.mark.parametrize("case", list(BROKEN_MASK_TARGETS))
+def test_the_first_broken_mask_target_is_named(case: str) -> None:
+    y_true, message = mask_targets(case)
+    with pytest.raises(ValueError, match=message):
+        check_targets(y_true, num_classes=3)
+
+
+def test_mask_targets_of_the_wrong_kind_are_value_errors() -> None:
+    with pytest.raises(ValueError, match=r"labels.*\[samples, M\].*masks.shape=\(3, 2, 2, 3\)"):
+        check_targets({"labels": LABELS, "masks": MASKS[:, :2]})
+    with pytest.raises(ValueError, match=r"'labels'.*'masks'.*'boxes'.*Received.*'mask'"):
+        check_targets({"labels": LABELS, "mask": MASKS})
+
+
+def test_mask_targets_in_a_dataset() -> None:
+    import tensorflow as tf
+
+    y_true, _ = mask_targets("mask_above_one")
+    images = np.zeros((3, 2, 3, 3), "float32")
+    dataset = tf.data.Dataset.from_tensor_slices((images, y_true)).batch(2)
+    with pytest.raises(ValueError, match=r"^Sample 1, row 0 of the targets \(dataset element 0"):
+        check_targets(dataset, num_classes=3, verbose=0)
+    good = tf.data.Dataset.from_tensor_slices((images, mask_targets()[0])).batch(2)
+    assert check_targets(good, num_classes=3, verbose=0) == check_targets(
+        mask_targets()[0], num_classes=3
+    )

@@ -21,6 +21,7 @@ from hungarian_loss import boxes as box_lib
 from hungarian_loss.assignment import linear_sum_assignment
 from hungarian_loss.costs import (
     WeightedCost,
+    _ClassCost,
     _elementwise_cost,
     _take_rows,
     get_cost,
@@ -62,12 +63,13 @@ class HungarianLoss(keras.losses.Loss):
 
     - A finite loss has finite gradients.
     - A real target that breaks a rule of the data (`invalid_targets`: a non-finite
-      value, or, when the cost reads boxes, a box of negative width or height) is
-      never matched and makes its sample's loss `NaN`. `NaN` in a prediction or in a
-      cost of a real target gives `NaN` too. A sample whose valid real targets are not
-      all matched although predictions are available (at most `N` of them can be),
-      because of non-finite predictions or costs, has loss `inf`. Such a sample adds
-      nothing to the gradients, the rest of the batch trains normally;
+      value; when the cost reads boxes, a box of negative width or height; when it
+      reads class ids, an id that is not an integer in `[0, C)`) is never matched and
+      makes its sample's loss `NaN`. `NaN` in a prediction or in a cost of a real
+      target gives `NaN` too. A sample whose valid real targets are not all matched
+      although predictions are available (at most `N` of them can be), because of
+      non-finite predictions or costs, has loss `inf`. Such a sample adds nothing to
+      the gradients, the rest of the batch trains normally;
       `keras.callbacks.TerminateOnNaN` and NaN guards see its loss, and
       `hungarian_loss.check_targets` finds the broken target in the data.
     - The built-in costs do not overflow where the true value is representable.
@@ -126,8 +128,9 @@ class HungarianLoss(keras.losses.Loss):
         ValueError: for an unknown cost or box format, invalid weights, an invalid
             `matches_per_target` or `set_weights`, or an invalid reduction; at trace
             time for inputs of the wrong rank or sizes, an unknown number of items, a
-            `y_true` whose dtype cannot hold `padding_value` (say, `uint8` with -1), or
-            a cost whose output is not `[B, M, N]`.
+            `y_true` whose dtype cannot hold `padding_value` (say, `uint8` with -1) or,
+            when the cost reads class ids, the ids `0..C-1` (say, `int8` with 200
+            classes), or a cost whose output is not `[B, M, N]`.
 
     Examples:
         The upstream worked example: two true and two predicted boxes.
@@ -253,28 +256,39 @@ class HungarianLoss(keras.losses.Loss):
         - when the cost reads boxes (`"iou"`, `"giou"`, a `WeightedCost` with one, or
           any cost whose `reads_boxes` is True), a box of negative width or height in
           that cost's `box_format` and channels: `x2 < x1` or `y2 < y1` in `"xyxy"`, a
-          negative `w` or `h` in `"center_xywh"`. Boxes of zero size are legal.
+          negative `w` or `h` in `"center_xywh"`. Boxes of zero size are legal;
+        - when the cost reads class ids (a `ClassProbabilityCost` or `FocalClassCost`,
+          alone or in a `WeightedCost` with a weight > 0), a class id at that cost's
+          `class_index` that is not an integer in `[0, C)`, C the number of logits of
+          `y_pred` from its `logits_start` on: COCO's id 90 with 80 logits, -1 on a
+          real row, 1.5. (The cost alone would give such an id the cost 0.)
 
         Override it to add rules of your layout, with `super()` for these ones
-        (`DETRLoss` adds the class id). Use `hungarian_loss.check_targets` to find the
-        broken targets of a data set.
+        (`DETRLoss` adds its class ids in `[0, K)` without the "no object" logit,
+        and its boxes). Use `hungarian_loss.check_targets` to find the broken targets
+        of a data set.
 
         Args:
             y_true: Targets `[B, M, D_true]`, one matching problem per row (as
                 `pairwise_cost` sees them).
-            y_pred: Predictions `[B, N, D_pred]`, for rules that depend on them (say,
-                the number of classes).
+            y_pred: Predictions `[B, N, D_pred]`, for rules that depend on them (the
+                number of classes).
 
         Returns:
             bool tensor `[B, M]`.
         """
-        del y_pred  # the default rules read the targets only
         invalid = ops.logical_not(_finite_rows(y_true))  # [B, M]
         for box_format, channels in _box_readers(self.cost_fn):
             start, stop = channels if channels is not None else (None, None)
             boxes = y_true[:, :, start:stop]  # [B, M, 4]
             if boxes.shape[-1] == 4:  # otherwise the cost itself raises
                 invalid = ops.logical_or(invalid, _negative_size(boxes, box_format))
+        for class_index, num_classes in _class_readers(self.cost_fn, y_true, y_pred):
+            ids = y_true[:, :, class_index]  # [B, M]
+            # Compared as floats: NaN and huge ids are invalid, and nothing is cast.
+            integer = ops.equal(ids, ops.round(ids))
+            in_range = ops.logical_and(ids >= 0.0, ids <= num_classes - 1)
+            invalid = ops.logical_or(invalid, ops.logical_not(ops.logical_and(integer, in_range)))
         return invalid
 
     # ----- helpers for subclasses ------------------------------------------------------------
@@ -523,11 +537,24 @@ class HungarianLoss(keras.losses.Loss):
         Keras casts both inputs to the loss's dtype before `call`; the check sees the
         dtype they came with.
         """
-        _check_true_dtype(y_true, self.padding_value)
+        self._check_target_dtypes(y_true, y_pred)
         return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
-    def _prepare(self, y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor]:
+    def _check_target_dtypes(self, y_true: Any, y_pred: Any) -> None:
+        """Raises if an integer `y_true` cannot hold `padding_value` or the class ids.
+
+        The class ids are `0..C-1` for every class cost of the loss's cost
+        (`_class_readers`). Nothing is checked where `y_true` has no dtype (a dict).
+        """
         _check_true_dtype(y_true, self.padding_value)
+        dtype = getattr(y_true, "dtype", None)
+        if dtype is None:
+            return
+        for _, num_classes in _class_readers(self.cost_fn, y_true, y_pred):
+            _check_class_id_dtype(dtype, num_classes, "y_true")
+
+    def _prepare(self, y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_target_dtypes(y_true, y_pred)
         y_pred = _to_tensor(y_pred)
         y_true = ops.cast(_to_tensor(y_true), y_pred.dtype)
         for arg, tensor in (("y_true", y_true), ("y_pred", y_pred)):
@@ -670,6 +697,41 @@ def _box_readers(cost: Any) -> list[tuple[str, tuple[int, int | None] | None]]:
     return []
 
 
+def _class_readers(cost: Any, y_true: Tensor, y_pred: Tensor) -> list[tuple[int, int]]:
+    """`(class_index, C)` of every class cost that `cost` computes (weight > 0).
+
+    C is the number of logits the cost reads, those of `y_pred` from its
+    `logits_start` on (`_ClassCost._logits`). A cost whose channels `y_true` or
+    `y_pred` do not have (or not in a known number) is left out: it raises itself.
+    """
+    if isinstance(cost, WeightedCost):
+        return [
+            reader
+            for term, weight in cost.terms
+            if weight != 0.0
+            for reader in _class_readers(term, y_true, y_pred)
+        ]
+    if not isinstance(cost, _ClassCost):
+        return []
+    depth_true, depth_pred = _static_depth(y_true), _static_depth(y_pred)
+    if depth_true is None or depth_pred is None:
+        return []
+    if not -depth_true <= cost.class_index < depth_true:
+        return []
+    num_classes = len(range(depth_pred)[cost.logits_start :])
+    return [(cost.class_index, num_classes)] if num_classes else []
+
+
+def _static_depth(x: Any) -> int | None:
+    """The size of the last axis of `x`, or `None` (a dict, a scalar, an unknown size)."""
+    shape = getattr(x, "shape", None)
+    try:
+        depth = shape[-1] if shape is not None and len(shape) else None
+    except (TypeError, ValueError):  # unknown rank
+        return None
+    return depth if isinstance(depth, int) else None
+
+
 def _negative_size(boxes: Tensor, box_format: str) -> Tensor:
     """`[B, M]`: True where a box `[B, M, 4]` in `box_format` has a negative width or height.
 
@@ -708,6 +770,34 @@ def _check_true_dtype(y_true: Any, padding_value: float | None) -> None:
         "from targets. Make the targets float, e.g. `y_true.astype('float32')` or "
         "`keras.ops.cast(y_true, 'float32')` before padding them, or pass the "
         "`padding_value` your data uses (None if no row is padding)."
+    )
+
+
+def _check_class_id_dtype(dtype: Any, num_classes: int, arg_name: str) -> None:
+    """Raises if `dtype` is an integer (or bool) dtype that cannot hold `0..num_classes - 1`.
+
+    Targets stored in such a dtype had their larger ids wrapped around or cut before the
+    loss saw them (an `int8` holds 127 at most): the loss cannot tell them from others.
+    Float dtypes pass. `arg_name` names the argument in the message (`"y_true"`,
+    `"labels"`).
+    """
+    name = keras.backend.standardize_dtype(dtype)
+    if name == "bool":
+        high = 1
+    elif "int" in name:
+        high = int(np.iinfo(name).max)
+    else:
+        return
+    if num_classes - 1 <= high:
+        return
+    raise ValueError(
+        f"Expected `{arg_name}` of a dtype that can hold the class ids 0..{num_classes - 1} "
+        f"(num_classes={num_classes}). Received: {arg_name}.dtype={name}, which holds at "
+        f"most {high}: larger ids wrapped around or were cut where the targets were "
+        "converted to it, and the loss cannot tell them from others. Keep the targets in "
+        "a dtype that holds them from the start, such as float32 or int32 (e.g. "
+        "`np.asarray(targets, dtype='float32')` where they are built, not a cast of the "
+        "narrow array)."
     )
 
 
