@@ -8,6 +8,8 @@ every operation) and eager elsewhere; the shapes are few and tiny (the test budg
 
 from __future__ import annotations
 
+import json
+
 import hypothesis.strategies as st
 import keras
 import numpy as np
@@ -452,8 +454,18 @@ def test_keras_file_round_trip_in_a_fresh_process(tmp_path) -> None:
     expected = float(model.evaluate(x, y, batch_size=8, verbose=0))
     model.save(tmp_path / "model.keras")
     np.savez(tmp_path / "data.npz", x=x, **y)
+    # The mask costs of `costs`, in a plain HungarianLoss, by name and as objects.
+    from hungarian_loss import HungarianLoss, costs
+
+    cost = costs.WeightedCost(
+        [(costs.MaskFocalCost(alpha=0.3, gamma=1.5), 2.0), (costs.MaskBCECost(), 1.0)]
+    )
+    plain = [HungarianLoss(cost={"mask_bce": 5.0, "dice": 5.0}), HungarianLoss(cost=cost)]
+    configs = [keras.saving.serialize_keras_object(loss) for loss in plain]
+    (tmp_path / "costs.json").write_text(json.dumps(configs))
     script = textwrap.dedent(
         f"""
+        import json
         import numpy as np, keras
         import hungarian_loss
 
@@ -467,6 +479,9 @@ def test_keras_file_round_trip_in_a_fresh_process(tmp_path) -> None:
                                         custom_objects={{"SetModel": SetModel}})
         data = np.load({str(tmp_path / "data.npz")!r})
         y = {{"labels": data["labels"], "masks": data["masks"]}}
+        configs = json.loads(open({str(tmp_path / "costs.json")!r}).read())
+        revived = [keras.saving.deserialize_keras_object(config) for config in configs]
+        print([keras.saving.serialize_keras_object(loss) for loss in revived] == configs)
         print(model.loss.masks)
         print(float(model.evaluate(data["x"], y, batch_size=8, verbose=0)))
         """
@@ -476,6 +491,7 @@ def test_keras_file_round_trip_in_a_fresh_process(tmp_path) -> None:
         .stdout.strip()
         .split("\n")
     )
+    assert out[-3] == "True"
     assert out[-2] == repr(terms)
     assert float(out[-1]) == pytest.approx(expected, rel=1e-5)
 
@@ -615,3 +631,21 @@ def test_failure_policy_holds_for_masks(mode: str, batch) -> None:
             assert np.all(np.isfinite(grad_logits[b])) and np.all(np.isfinite(grad_masks[b]))
         else:
             assert not np.any(grad_logits[b]) and not np.any(grad_masks[b]), where
+
+
+def test_integer_labels_that_cannot_hold_the_ids_or_the_padding_raise() -> None:
+    """Keras casts the labels to float before the loss sees them: int8 ids of 200 classes
+    have wrapped around, uint8 padding -1 reads 255. Both raise at trace time."""
+    y_pred = {
+        "logits": np.zeros((1, 4, 201), "float32"),  # K = 200 and "no object"
+        "masks": np.zeros((1, 4, 4, 4), "float32"),
+    }
+    masks = np.zeros((1, 2, 4, 4), "float32")
+    loss = DETRLoss.maskformer()
+    for labels, match in (
+        (np.array([[3, -1]], "int8"), r"`labels` of a dtype that can hold the class ids 0\.\.199"),
+        (np.array([[3, 255]], "uint8"), "padding_value=-1"),
+    ):
+        for call in (loss, loss.match):
+            with pytest.raises(ValueError, match=match):
+                call({"labels": labels, "masks": masks}, y_pred)

@@ -22,6 +22,7 @@ from hungarian_loss.detr import _layout
 from hungarian_loss.detr._masks import MaskTerms, invalid_masks
 from hungarian_loss.loss import (
     HungarianLoss,
+    _check_class_id_dtype,
     _check_true_dtype,
     _failure_policy,
     _finite_rows,
@@ -596,8 +597,8 @@ class DETRLoss(HungarianLoss):
 
     def __call__(self, y_true: Any, y_pred: Any, sample_weight: Tensor = None) -> Tensor:
         """The reduced loss; dict inputs (`{"labels", ...}`, `{"logits", ...}`) too."""
-        if isinstance(y_true, dict):
-            _check_true_dtype(y_true.get("labels"), self.padding_value)
+        if isinstance(y_true, dict):  # Keras's `Loss.__call__` takes nested structures
+            self._check_target_dtypes(y_true, y_pred)
             return keras.losses.Loss.__call__(self, y_true, y_pred, sample_weight=sample_weight)
         return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
@@ -733,6 +734,7 @@ class DETRLoss(HungarianLoss):
 
     def _problems(self, y_true: Tensor, y_pred: Tensor) -> _Problems:
         """Checks, flattens the sets, splits off the denoising queries, and matches."""
+        self._check_target_dtypes(y_true, y_pred)
         y_true, y_pred, target_masks, pred_masks = self._unpack(y_true, y_pred)
         y_true, y_pred = self._prepare(y_true, y_pred)
         self._check_layout(y_true, y_pred)
@@ -783,6 +785,23 @@ class DETRLoss(HungarianLoss):
             target_masks=target_masks,
             seed=seed,
         )
+
+    def _check_target_dtypes(self, y_true: Any, y_pred: Any) -> None:
+        """Raises if integer targets (or labels) cannot hold `padding_value` or ids `0..K-1`.
+
+        K is read from the logits (`y_pred` packed, or its `"logits"`), before Keras
+        casts the targets to the loss's dtype.
+        """
+        is_dict = isinstance(y_true, dict)
+        ids = y_true.get("labels") if is_dict else y_true
+        logits = y_pred.get("logits") if isinstance(y_pred, dict) else y_pred
+        _check_true_dtype(ids, self.padding_value)
+        dtype, size = getattr(ids, "dtype", None), getattr(logits, "shape", (None,))[-1]
+        if dtype is None or size is None:
+            return
+        extra = 1 if self.classification == "softmax" else 0  # "no object"
+        num_classes = int(size) - extra - (0 if isinstance(y_pred, dict) else 4)
+        _check_class_id_dtype(dtype, num_classes, "labels" if is_dict else "y_true")
 
     def _unpack(
         self, y_true: Any, y_pred: Any
