@@ -2,7 +2,8 @@
 
 The default run (12 epochs on 4096 images) takes about a minute and a half on 2 CPU cores,
 so it is not a test; a short run checks that training raises the recall and lowers the
-matched error, and two tiny runs with one seed check that a run is reproducible.
+matched error, and two tiny runs with one seed check that a run is reproducible. The masks
+task (`--task masks`) gets its data and measures checked here, and one tiny run.
 """
 
 from __future__ import annotations
@@ -34,10 +35,22 @@ from hungarian_loss._demo import (
     parse_args,
     run,
 )
+from hungarian_loss._demo_masks import (
+    build_mask_model,
+    make_mask_data,
+    make_mask_loss,
+    mask_detection_scores,
+    matched_mask_iou,
+)
 
 EPOCH_LOSSES = re.compile(r" - loss: (\S+) - val_loss: (\S+)")
+TRAINING_LOSS = re.compile(r" - loss: (\S+)$", re.MULTILINE)
 SCORE_LINE = re.compile(
     r"(before|after) training\s*: precision (\S+), recall (\S+) .*; matched error (\S+) px"
+)
+MASK_SCORE_LINE = re.compile(
+    r"masks, (before|after) training\s*: precision (\S+), recall (\S+) .*; "
+    r"matched mask IoU (\S+) "
 )
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -137,6 +150,30 @@ def test_recipes_build_their_head_and_loss() -> None:
         make_loss("rt_detr")
 
 
+def test_command_line_task_switch(capsys: pytest.CaptureFixture[str]) -> None:
+    boxes = parse_args([])
+    assert (boxes.task, boxes.recipe, boxes.epochs, boxes.samples, boxes.output) == (
+        "boxes",
+        "detr",
+        16,
+        4096,
+        "hungarian_demo.png",
+    )
+    masks = parse_args(["--task", "masks"])
+    assert (masks.task, masks.recipe, masks.epochs, masks.samples, masks.output) == (
+        "masks",
+        None,
+        20,
+        2048,
+        "hungarian_demo_masks.png",
+    )
+    assert parse_args(["--task", "masks", "--epochs", "3"]).epochs == 3
+    with pytest.raises(SystemExit) as raised:
+        parse_args(["--task", "masks", "--recipe", "rt-detr"])  # the boxes task's option
+    assert raised.value.code == 2
+    assert "--recipe" in capsys.readouterr().err
+
+
 def test_command_line_recipe_switch(capsys: pytest.CaptureFixture[str]) -> None:
     assert parse_args([]).recipe == "detr"
     assert parse_args(["--recipe", "rt-detr"]).recipe == "rt-detr"
@@ -210,6 +247,31 @@ def test_tiny_rt_detr_run_trains_one_sigmoid_logit(
     assert train_2 < train_1 and val_2 < val_1, printed
 
 
+# One backend: the mask terms are tested on every backend (test_detr_masks); this checks that
+# the masks task trains with them, prints its scores and draws. TensorFlow, as above.
+@pytest.mark.slow
+@pytest.mark.backends("tensorflow")
+def test_tiny_masks_run_writes_the_picture_and_prints_the_scores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "masks.png"
+    arguments = ["--task", "masks", "--epochs", "1", "--samples", "64", "--seed", "0"]
+    assert main([*arguments, "--output", str(output), "--verbose", "2"]) == 0
+    assert output.read_bytes()[: len(PNG_MAGIC)] == PNG_MAGIC
+    printed = capsys.readouterr().out
+    assert "task masks" in printed and "DETRLoss.mask2former(num_points=256)" in printed
+    scores = {
+        when: [float(v) for v in values] for when, *values in MASK_SCORE_LINE.findall(printed)
+    }
+    assert set(scores) == {"before", "after"}, printed
+    for precision, recall, iou in scores.values():
+        assert 0.0 <= precision <= 1.0 and 0.0 <= recall <= 1.0 and 0.0 <= iou <= 1.0
+    assert scores["before"][2] > 0.0  # some overlap by chance: the matching worked
+    losses = [float(value) for value in TRAINING_LOSS.findall(printed)]
+    assert len(losses) == 1 and math.isfinite(losses[0]), printed  # one epoch's progress line
+    assert str(output) in printed
+
+
 # One backend: the demo's training is the same `keras.ops` code on every backend (the other
 # demo tests run it briefly on each). TensorFlow: `python -m hungarian_loss`'s default
 # backend, and the fastest fit of this model (20 s against JAX's 30 s on 2 cores).
@@ -237,6 +299,90 @@ def test_a_seeded_run_repeats_itself(tmp_path: Path) -> None:
     assert (tmp_path / "first.png").read_bytes() == (tmp_path / "second.png").read_bytes()
 
 
+def test_mask_data_gives_labels_and_disjoint_masks_of_bright_shapes() -> None:
+    images, targets = make_mask_data(32, seed=5)
+    labels, masks = targets["labels"], targets["masks"]
+    assert images.shape == (32, 32, 32, 1) and images.dtype == np.float32
+    assert labels.shape == (32, 3) and labels.dtype == np.int32
+    assert masks.shape == (32, 3, 32, 32) and masks.dtype == np.float32
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    counts = np.sum(labels >= 0, axis=1)
+    assert counts.min() >= 1 and counts.max() <= 3
+    assert set(np.unique(labels)) == {-1, 0, 1}  # padding, rectangle, disc
+    for image, sample_labels, sample_masks, count in zip(
+        images, labels, masks, counts, strict=True
+    ):
+        assert np.all(sample_labels[count:] == -1)  # padding rows after the real ones
+        assert not sample_masks[count:].any()  # with empty masks
+        real = sample_masks[:count].astype(bool)
+        assert np.all(real.sum(axis=(1, 2)) >= 7 * 7 * 0.75)  # each shape has its pixels
+        assert real.sum(axis=0).max() == 1  # shapes do not overlap
+        for label, mask in zip(sample_labels[:count], real, strict=True):
+            assert image[mask, 0].mean() > 0.4 > image[~real.any(axis=0), 0].mean()
+            rows, columns = np.nonzero(mask)
+            box = mask[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+            assert box.all() == (label == 0)  # a rectangle fills its box, a disc does not
+    again_images, again = make_mask_data(32, seed=5)
+    np.testing.assert_array_equal(again_images, images)
+    np.testing.assert_array_equal(again["masks"], masks)
+
+
+def _logits_of(masks: np.ndarray) -> np.ndarray:
+    """Mask logits at half the resolution of 0/1 masks `[..., H, W]`: +-8 per 2 x 2 block."""
+    blocks = masks.reshape(*masks.shape[:-2], masks.shape[-2] // 2, 2, masks.shape[-1] // 2, 2)
+    return np.where(blocks.mean(axis=(-3, -1)) > 0.5, 8.0, -8.0).astype("float32")
+
+
+def test_mask_scores_match_masks_and_count_confident_queries_of_the_right_class() -> None:
+    square = np.zeros((8, 8), "float32")
+    square[0:4, 0:4] = 1.0  # a rectangle
+    disc = np.zeros((8, 8), "float32")
+    disc[4:8, 4:8] = 1.0  # called a disc (class 1)
+    y_true = {
+        "labels": np.array([[0, 1, -1]], "int32"),
+        "masks": np.stack([square, disc, np.zeros_like(square)])[None],
+    }
+    half = square.copy()
+    half[0:4, 2:4] = 0.0  # half of the square: IoU 1/2 with it
+    sure_rectangle, sure_disc, sure_nothing = [6.0, 0.0, 0.0], [0.0, 6.0, 0.0], [0.0, 0.0, 6.0]
+    queries = [
+        (disc, sure_rectangle),  # on the disc, but the wrong class: a false object
+        (square, sure_rectangle),  # finds the square
+        (square, [5.0, 0.0, 0.0]),  # a duplicate of it: a false object
+        (disc, [0.0, 2.0, 6.0]),  # the disc's mask, but "no object": not counted
+        (half, sure_nothing),  # "no object"
+    ]
+    y_pred = {
+        "logits": np.array([[logits for _, logits in queries]], "float32"),
+        "masks": np.stack([_logits_of(mask) for mask, _ in queries])[None],  # 4 x 4
+    }
+    assert y_pred["masks"].shape == (1, 5, 4, 4)
+    assert mask_detection_scores(y_true, y_pred) == pytest.approx((1 / 3, 1 / 2))
+    assert mask_detection_scores(y_true, y_pred, threshold=0.99) == pytest.approx((1 / 2, 1 / 2))
+    loss = make_mask_loss()
+    np.testing.assert_array_equal(np.asarray(loss.match(y_true, y_pred)), [[1, 3, -1]])
+    assert matched_mask_iou(loss, y_true, y_pred) == pytest.approx(1.0)  # the square, the disc
+    y_pred["masks"][0, 1] = _logits_of(half)  # the query that finds the square covers half
+    assert mask_detection_scores(y_true, y_pred) == pytest.approx((1 / 3, 1 / 2))  # IoU 1/2
+    # At 0.6 the half misses, and the duplicate, whole, finds the square.
+    assert mask_detection_scores(y_true, y_pred, iou_threshold=0.6) == pytest.approx((1 / 3, 1 / 2))
+    assert matched_mask_iou(loss, y_true, y_pred) == pytest.approx(1.0)  # the whole one
+    y_pred["masks"][0, 2] = _logits_of(half)
+    assert mask_detection_scores(y_true, y_pred, iou_threshold=0.6) == (0.0, 0.0)
+    assert matched_mask_iou(loss, y_true, y_pred) == pytest.approx((0.5 + 1.0) / 2)
+    y_pred["logits"][0, 1] = sure_disc  # and calls it a disc: it finds nothing
+    y_pred["logits"][0, 2] = sure_nothing
+    assert mask_detection_scores(y_true, y_pred) == (0.0, 0.0)
+
+
+def test_mask_model_predicts_a_set_of_masks_at_half_the_resolution() -> None:
+    model = build_mask_model()
+    shapes = {name: tuple(output.shape) for name, output in model.output.items()}
+    assert shapes == {"logits": (None, 6, 3), "masks": (None, 6, 16, 16)}
+    loss = make_mask_loss(seed=3)
+    assert loss.get_config() == DETRLoss.mask2former(num_points=256, seed=3).get_config()
+
+
 def test_missing_matplotlib_says_how_to_install_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -259,7 +405,7 @@ def test_command_line_help() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    for flag in ("--epochs", "--seed", "--output", "--samples", "--verbose", "--recipe"):
+    for flag in ("--epochs", "--seed", "--output", "--samples", "--verbose", "--recipe", "--task"):
         assert flag in result.stdout
 
 

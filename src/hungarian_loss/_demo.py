@@ -18,6 +18,10 @@ normalization with the reduction "sum" (RT-DETR's criterion itself). The CNN has
 decoder, so there are no denoising queries: the recipe's class term, matching and
 normalization are what this exercises.
 
+With `--task masks` the demo trains a mask-set predictor instead (rectangles and discs,
+a mask and a class per query, Mask2Former's criterion `DETRLoss.mask2former()`): see
+`hungarian_loss._demo_masks`.
+
 The demo prints, on held-out images before and after training, the precision and the
 recall of the predictions the model calls rectangles (score above 0.5: the softmax
 probability of "rectangle", or with `"rt-detr"` the sigmoid of its logit) at IoU 0.5,
@@ -46,6 +50,7 @@ from hungarian_loss.loss import HungarianLoss
 
 __all__ = [
     "RECIPES",
+    "TASKS",
     "DemoResult",
     "build_model",
     "detection_scores",
@@ -67,6 +72,22 @@ THRESHOLD = 0.5  # a prediction is a detection when its "rectangle" score is abo
 IOU_THRESHOLD = 0.5  # a detection is right when its IoU with a true box is at least this
 DETR_BOX_COST = {"l1": 5.0, "giou": 2.0}
 RECIPES = ("detr", "rt-detr")
+TASKS = ("boxes", "masks")  # a box detector (the default), or a mask-set predictor
+
+
+@dataclasses.dataclass(frozen=True)
+class _TaskDefaults:
+    """The defaults of `--epochs`, `--samples` and `--output` for one task."""
+
+    epochs: int
+    samples: int
+    output: str
+
+
+TASK_DEFAULTS = {
+    "boxes": _TaskDefaults(epochs=EPOCHS, samples=4096, output="hungarian_demo.png"),
+    "masks": _TaskDefaults(epochs=20, samples=2048, output="hungarian_demo_masks.png"),
+}
 # The logits of each prediction, by recipe: "rectangle" and "no object" (softmax), or
 # "rectangle" alone (sigmoid).
 NUM_LOGITS = {"detr": 2, "rt-detr": 1}
@@ -542,7 +563,7 @@ def _rectangle(pyplot: Any, axis: Any, box: np.ndarray, **style: Any) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line of `python -m hungarian_loss`."""
+    """The command line of `python -m hungarian_loss`, with each task's defaults filled in."""
     parser = argparse.ArgumentParser(
         prog="python -m hungarian_loss",
         description=(
@@ -550,28 +571,48 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "set of 16 boxes with 'rectangle' / 'no object' scores, with DETRLoss; print the "
             "precision, recall and matched error before and after training and draw the "
             "detections. --recipe rt-detr trains one sigmoid logit per box with RT-DETR's "
-            "criterion instead."
+            "criterion instead. --task masks trains a tiny MaskFormer to find rectangles "
+            "and discs in 32x32 images as a set of 6 masks with class scores, with "
+            "DETRLoss.mask2former(), and prints the matched masks' IoU, precision and recall."
+        ),
+    )
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        default="boxes",
+        help=(
+            "boxes (default: a box detector) or masks (a mask-set predictor trained with "
+            "Mask2Former's criterion, DETRLoss.mask2former(num_points=256))"
         ),
     )
     parser.add_argument(
         "--recipe",
         choices=RECIPES,
-        default="detr",
+        default=None,
         help=(
-            "the loss and the head: detr (default; softmax 'rectangle' / 'no object', "
-            f"DETRLoss(eos_coef={EOS_COEF})) or rt-detr (one sigmoid logit, "
+            "the loss and the head of the boxes task: detr (default; softmax 'rectangle' / "
+            f"'no object', DETRLoss(eos_coef={EOS_COEF})) or rt-detr (one sigmoid logit, "
             "DETRLoss.rt_detr(denoising_groups=0): varifocal loss, matching 2/5/2)"
         ),
     )
+    boxes, masks = TASK_DEFAULTS["boxes"], TASK_DEFAULTS["masks"]
     parser.add_argument(
-        "--epochs", type=_positive, default=EPOCHS, help=f"training epochs ({EPOCHS})"
+        "--epochs",
+        type=_positive,
+        default=None,
+        help=f"training epochs ({boxes.epochs}; --task masks: {masks.epochs})",
     )
-    parser.add_argument("--samples", type=_positive, default=4096, help="training images (4096)")
+    parser.add_argument(
+        "--samples",
+        type=_positive,
+        default=None,
+        help=f"training images ({boxes.samples}; --task masks: {masks.samples})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.add_argument(
         "--output",
-        default="hungarian_demo.png",
-        help="path of the PNG to write (hungarian_demo.png)",
+        default=None,
+        help=f"path of the PNG to write ({boxes.output}; --task masks: {masks.output})",
     )
     parser.add_argument(
         "--verbose",
@@ -580,7 +621,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=1,
         help="Keras fit verbosity: 0 silent, 1 progress bar (default), 2 a line per epoch",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.task == "masks" and args.recipe is not None:
+        parser.error("--recipe chooses the boxes task's loss; --task masks has its own")
+    if args.task == "boxes" and args.recipe is None:
+        args.recipe = "detr"
+    defaults = TASK_DEFAULTS[args.task]
+    for name in ("epochs", "samples", "output"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(defaults, name))
+    return args
 
 
 def _positive(text: str) -> int:
@@ -602,14 +652,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = parse_args(argv)
     try:
-        run(
-            epochs=args.epochs,
-            samples=args.samples,
-            seed=args.seed,
-            output=args.output,
-            verbose=args.verbose,
-            recipe=args.recipe,
-        )
+        if args.task == "masks":
+            from hungarian_loss._demo_masks import run_masks  # it imports this module
+
+            run_masks(
+                epochs=args.epochs,
+                samples=args.samples,
+                seed=args.seed,
+                output=args.output,
+                verbose=args.verbose,
+            )
+        else:
+            run(
+                epochs=args.epochs,
+                samples=args.samples,
+                seed=args.seed,
+                output=args.output,
+                verbose=args.verbose,
+                recipe=args.recipe,
+            )
     except ModuleNotFoundError as error:
         if error.name != "matplotlib":
             raise
