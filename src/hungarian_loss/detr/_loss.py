@@ -9,7 +9,6 @@ module matches, applies the weights and normalizes, in one place.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -19,6 +18,12 @@ from keras import ops
 from hungarian_loss import _backend, boxes, costs
 from hungarian_loss.detr import _classification as classification_terms
 from hungarian_loss.detr import _layout
+from hungarian_loss.detr._checks import (
+    check_choice,
+    check_unit,
+    check_weight,
+    standardize_weights,
+)
 from hungarian_loss.detr._masks import MaskTerms, invalid_masks
 from hungarian_loss.loss import (
     HungarianLoss,
@@ -275,9 +280,9 @@ class DETRLoss(HungarianLoss):
         name: str = "detr_loss",
         dtype: Any = None,
     ) -> None:
-        _check_choice("classification", classification, CLASSIFICATIONS)
-        _check_choice("normalization", normalization, NORMALIZATIONS)
-        _check_choice("box_loss", box_loss, tuple(BOX_LOSSES))
+        check_choice("classification", classification, CLASSIFICATIONS)
+        check_choice("normalization", normalization, NORMALIZATIONS)
+        check_choice("box_loss", box_loss, tuple(BOX_LOSSES))
         weights = {
             "class_weight": class_weight,
             "l1_weight": l1_weight,
@@ -285,10 +290,10 @@ class DETRLoss(HungarianLoss):
             "eos_coef": eos_coef,
         }
         for arg, value in weights.items():
-            _check_weight(arg, value)
+            check_weight(arg, value)
         if matching_weights is None:
             matching_weights = (class_weight, l1_weight, giou_weight)
-        matching = _standardize_matching_weights(matching_weights)
+        matching = standardize_weights("matching_weights", matching_weights, ("class", "l1", "box"))
         if focal_alpha is None:
             focal_alpha = _DEFAULT_ALPHA[classification]
         if classification == "focal":  # Deformable DETR: one alpha and gamma for both
@@ -297,11 +302,11 @@ class DETRLoss(HungarianLoss):
         matching_alpha = _MATCHING_ALPHA if matching_alpha is None else matching_alpha
         matching_gamma = _MATCHING_GAMMA if matching_gamma is None else matching_gamma
         for arg, value in (("focal_alpha", focal_alpha), ("matching_alpha", matching_alpha)):
-            _check_unit(arg, value)
+            check_unit(arg, value)
         if mal_alpha is not None:
-            _check_unit("mal_alpha", mal_alpha)
+            check_unit("mal_alpha", mal_alpha)
         for arg, value in (("focal_gamma", focal_gamma), ("matching_gamma", matching_gamma)):
-            _check_weight(arg, value)
+            check_weight(arg, value)
         if (
             not isinstance(denoising_groups, int)
             or isinstance(denoising_groups, bool)
@@ -1199,38 +1204,3 @@ def _check_shape(name: str, tensor: Tensor, expected: tuple[Any, ...]) -> None:
             f"Expected {name} of shape {tuple(expected)} (None: any size). "
             f"Received: {name}.shape={shape}"
         )
-
-
-def _check_choice(arg: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"Expected `{arg}` to be one of {choices}. Received: {arg}={value!r}")
-
-
-def _check_weight(arg: str, value: Any) -> None:
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"Expected `{arg}` to be a finite number >= 0. Received: {arg}={value!r}")
-
-
-def _check_unit(arg: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
-        raise ValueError(f"Expected `{arg}` to be a number in [0, 1]. Received: {arg}={value!r}")
-
-
-def _standardize_matching_weights(weights: Any) -> tuple[float, float, float]:
-    try:
-        values = tuple(weights)
-    except TypeError:
-        values = ()
-    if len(values) != 3:
-        raise ValueError(
-            "Expected `matching_weights` to be None or three numbers (class, l1, box). "
-            f"Received: matching_weights={weights!r}"
-        )
-    for value in values:
-        _check_weight("matching_weights", value)
-    return (float(values[0]), float(values[1]), float(values[2]))

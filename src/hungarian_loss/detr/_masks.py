@@ -11,7 +11,6 @@ normalized points (`hungarian_loss.masks`); nothing of size `[Q, M, points]` or
 
 from __future__ import annotations
 
-import math
 import numbers
 import random
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ import keras
 from keras import ops
 
 from hungarian_loss import masks as mask_lib
+from hungarian_loss.detr._checks import check_weight, standardize_weights
 
 __all__ = ["MaskTerms"]
 
@@ -117,7 +117,7 @@ class MaskTerms:
         seed: int | keras.random.SeedGenerator | None = None,
     ) -> None:
         for arg, value in (("mask_weight", mask_weight), ("dice_weight", dice_weight)):
-            _check_weight(arg, value)
+            check_weight(arg, value)
         if mask_loss not in MASK_LOSSES:
             raise ValueError(
                 f"Expected `mask_loss` to be one of {MASK_LOSSES}. "
@@ -144,17 +144,7 @@ class MaskTerms:
             )
         if matching_weights is None:
             matching_weights = (mask_weight, dice_weight)
-        try:
-            pair = tuple(matching_weights)
-        except TypeError:
-            pair = ()
-        if len(pair) != 2:
-            raise ValueError(
-                "Expected `matching_weights` to be None or two numbers (mask, dice). "
-                f"Received: matching_weights={matching_weights!r}"
-            )
-        for value in pair:
-            _check_weight("matching_weights", value)
+        pair = standardize_weights("matching_weights", matching_weights, ("mask", "dice"))
         alpha, gamma = mask_lib._check_focal(focal_alpha, focal_gamma)
         mask_lib._keras_seed(seed)  # raises for a seed of another type
         self.mask_weight = float(mask_weight)
@@ -364,8 +354,3 @@ def _targets_on_grid(target_masks: Tensor, height: int, width: int, num_sets: in
 def _stream(seed: Tensor, salt: int) -> Tensor:
     """One of a call's random streams: its seed `[2]` with the second word salted."""
     return ops.stack([seed[0], ops.bitwise_xor(seed[1], ops.convert_to_tensor(salt, "int32"))])
-
-
-def _check_weight(arg: str, value: Any) -> None:
-    if not mask_lib._is_real(value) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"Expected `{arg}` to be a finite number >= 0. Received: {arg}={value!r}")
