@@ -52,11 +52,11 @@ __all__ = [
 ]
 
 IMAGE_SIZE = 32
-MASK_SIZE = 16  # the predicted masks' side: half the images' (and the targets')
+MASK_SIZE = IMAGE_SIZE // 2  # the predicted masks' side: half the images' (and the targets')
 MAX_OBJECTS = 3
 NUM_QUERIES = 6
 CLASS_NAMES = ("rectangle", "disc")  # class ids 0 and 1; "no object" is the last logit
-NUM_POINTS = 256  # points per mask (Mask2Former: 12544 = 112 x 112 for 512 x 512 images)
+NUM_POINTS = 256  # points per mask (Mask2Former: 12544 = 112 x 112)
 EPOCHS = _demo.TASK_DEFAULTS["masks"].epochs
 SAMPLES = _demo.TASK_DEFAULTS["masks"].samples
 BATCH_SIZE = 32
@@ -263,11 +263,12 @@ def build_mask_model(
 ) -> SetModel:
     """A tiny MaskFormer: image in, `{"logits": [B, Q, K + 1], "masks": [B, Q, h, w]}` out.
 
-    Convolutions (with the pixel coordinates as two more input channels) give pixel
-    embeddings at half the image's resolution; learned queries pass through two decoder
-    layers (cross-attention to the pixels, self-attention between queries, an MLP); each
-    query gives K + 1 logits and a mask embedding, whose dot product with each pixel
-    embedding is the mask's logit there.
+    Convolutions give pixel embeddings at half the image's resolution; the pixel
+    coordinates (two more input channels) and their Fourier features (16 channels after
+    the stride) tell the queries where each pixel is. Learned queries pass through two
+    decoder layers (cross-attention to the pixels, self-attention between queries, an
+    MLP); each query gives K + 1 logits and a mask embedding, whose dot product with
+    each pixel embedding is the mask's logit there.
     """
     inputs = keras.Input((image_size, image_size, 1))
     x = _demo._AddCoordinates()(inputs)
