@@ -333,6 +333,9 @@ def _logits_of(masks: np.ndarray) -> np.ndarray:
     return np.where(blocks.mean(axis=(-3, -1)) > 0.5, 8.0, -8.0).astype("float32")
 
 
+# One backend: the scores are NumPy around `loss.match` and Keras's resize, and the matching
+# is tested on every backend (test_detr_masks); eager JAX takes 13 s to compile its ops.
+@pytest.mark.backends("tensorflow")
 def test_mask_scores_match_masks_and_count_confident_queries_of_the_right_class() -> None:
     square = np.zeros((8, 8), "float32")
     square[0:4, 0:4] = 1.0  # a rectangle
@@ -375,6 +378,8 @@ def test_mask_scores_match_masks_and_count_confident_queries_of_the_right_class(
     assert mask_detection_scores(y_true, y_pred) == (0.0, 0.0)
 
 
+# One backend: Keras's layers give the same shapes everywhere; JAX takes 8 s to build them.
+@pytest.mark.backends("tensorflow")
 def test_mask_model_predicts_a_set_of_masks_at_half_the_resolution() -> None:
     model = build_mask_model()
     shapes = {name: tuple(output.shape) for name, output in model.output.items()}
