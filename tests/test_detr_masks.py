@@ -231,6 +231,10 @@ def test_seeds_are_reproducible_and_points_follow_the_predictions() -> None:
     seed_b = run(loss.masks.call_seed, y_pred["masks"] + 0.01)  # the next step's predictions
     seed_c = run(MaskTerms(seed=12).call_seed, y_pred["masks"])
     assert seed_a.shape == (2,) and seed_a[0] != seed_b[0] and seed_a[0] != seed_c[0]
+    # A SeedGenerator seed, twice (on JAX in one `jax.jit`: it is read, not advanced there).
+    stateful = DETRLoss.mask2former(num_points=32, seed=keras.random.SeedGenerator(3))
+    values = [float(run(stateful, y_true, y_pred)) for _ in range(2)]
+    assert np.all(np.isfinite(values))
 
 
 # ----- dict inputs, errors ---------------------------------------------------------------------

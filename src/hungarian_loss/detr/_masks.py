@@ -70,8 +70,9 @@ class MaskTerms:
     predictions change, and the same points for the same model, batch and seed, on
     every backend and inside any compiled step, JAX's stateless training step included,
     with no state to track. A `keras.random.SeedGenerator` as `seed` also moves on at
-    each call where its state is kept (TensorFlow and torch; in JAX's `fit` only if a
-    layer of the model tracks it). `seed=None` draws an int once, from Python's
+    each call on TensorFlow and torch; on JAX it is read and not advanced (an update of
+    its state inside `jax.jit` would leak a tracer): there the predictions' hash alone
+    gives new points. `seed=None` draws an int once, from Python's
     `random` (which `keras.utils.set_random_seed` seeds).
 
     Args:
@@ -198,7 +199,10 @@ class MaskTerms:
         The hash is the bits of the float32 sum of `pred_masks` (no gradient).
         """
         if isinstance(self._base_seed, keras.random.SeedGenerator):
-            base = ops.cast(self._base_seed.next(), "int32")  # [2]
+            if keras.backend.backend() == "jax":  # read, not advanced: inside `jax.jit` an
+                base = ops.cast(self._base_seed.state.value, "int32")  # update would leak
+            else:
+                base = ops.cast(self._base_seed.next(), "int32")  # [2]
         else:
             base = ops.convert_to_tensor([int(self._base_seed) % 2**31, 0], "int32")
         masks = ops.stop_gradient(ops.convert_to_tensor(pred_masks))
