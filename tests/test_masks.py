@@ -290,12 +290,30 @@ def test_importance_points_keep_the_most_uncertain_candidates():
     for b in range(2):
         for m in range(3):
             order = np.argsort(uncertainty[b, m], kind="stable")
-            expected = candidates[b, m, order[:30]]  # most uncertain first
+            expected = candidates[b, m, np.sort(order[:30])]  # in the order drawn
             np.testing.assert_allclose(points[b, m, :30], expected, atol=0)
             chosen = np.abs(
                 np_point_sample(logits[b : b + 1, m : m + 1], points[None, None, b, m, :30])
             )
             assert chosen.max() <= uncertainty[b, m, order[30]]  # the threshold
+
+
+def test_importance_points_ties_take_the_first_drawn_and_many_rows():
+    # 300 rows of 600 candidates (K = 150), checked against a stable sort of the
+    # uncertainty read by point_sample itself (the same float32 values): mask (0, 0)
+    # is all zeros (every candidate tied: the first 150 drawn are chosen), mask (1, 5)
+    # zero on its left half (ties among the most uncertain).
+    logits = RNG.normal(0.0, 3.0, size=(3, 100, 8, 8)).astype("float32")
+    logits[0, 0] = 0.0
+    logits[1, 5, :, :4] = 0.0
+    points = to_numpy(importance_points(logits, 200, seed=9))  # C = 600, K = 150, 50 fresh
+    draws = to_numpy(keras.random.uniform((3, 100, 650, 2), dtype="float32", seed=9))
+    uncertainty = np.abs(to_numpy(point_sample(logits, draws[:, :, :600])))  # [3, 100, 600]
+    order = np.argsort(uncertainty, axis=2, kind="stable")[:, :, :150]  # ties: first drawn
+    expected = np.take_along_axis(draws, np.sort(order, axis=2)[..., None], axis=2)
+    np.testing.assert_array_equal(points[:, :, :150], expected)
+    np.testing.assert_array_equal(points[0, 0, :150], draws[0, 0, :150])
+    np.testing.assert_array_equal(points[:, :, 150:], draws[:, :, 600:])
 
 
 def test_importance_points_hand_made_uncertain_region():
@@ -502,8 +520,8 @@ def test_compiled_sampling_and_costs():
     candidates = draws[:, :, :24]
     np.testing.assert_array_equal(chosen[:, :, 6:], draws[:, :, 24:])
     uncertainty = np.abs(np_point_sample(PRED_MASKS, candidates))  # [2, 3, 24]
-    order = np.argsort(uncertainty, axis=-1)
-    expected = np.take_along_axis(candidates, order[..., :6, None], axis=2)
+    order = np.sort(np.argsort(uncertainty, axis=-1)[..., :6], axis=-1)  # in the order drawn
+    expected = np.take_along_axis(candidates, order[..., None], axis=2)
     np.testing.assert_allclose(chosen[:, :, :6], expected, atol=0)
 
 
