@@ -11,10 +11,12 @@ softmax     CE(x_j, c_i) on matched j;  eos_coef * CE(x_j, no object) on the oth
 focal       alpha_t (1 - p_t)^gamma BCE(x, t),           t = onehot
 varifocal   BCE(x, t) * (alpha p^gamma (1 - onehot) + t), t = IoU * onehot
 mal         BCE(x, t) * (alpha p^gamma (1 - onehot) + onehot), t = IoU^gamma * onehot
+ia_bce      BCE(x, t) * (p^gamma (1 - onehot) + onehot),
+            t = max(p^alpha IoU^(1 - alpha), 0.01) * onehot
 ```
 
 with `p = sigmoid(x)` taken without gradient in the varifocal and matchability-aware
-weights.
+weights and in IA-BCE's target (its negatives' `p^gamma` keeps it, as the focal loss's).
 
 Speed. With denoising groups these terms cover `[B * S, Q, K]` logits (RT-DETR: 48 x 900
 x 80 floats, 14 MB), and on the CPU their time is passes over memory. The sigmoid kinds
@@ -77,13 +79,6 @@ def focal(logits: Tensor, query_class: Tensor, alpha: float, gamma: float) -> Te
         `[P]`.
     """
 
-    def negative(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
-        return (1.0 - alpha) * _power(p, gamma, x - softplus) * softplus  # BCE(x, 0)
-
-    def negative_grad(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
-        modulating = (1.0 - alpha) * _power(p, gamma, x - softplus)
-        return modulating * (gamma * (1.0 - p) * softplus + p)
-
     def positive(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
         return alpha * _power(1.0 - p, gamma, -softplus) * (softplus - x)  # BCE(x, 1)
 
@@ -92,9 +87,8 @@ def focal(logits: Tensor, query_class: Tensor, alpha: float, gamma: float) -> Te
         return -modulating * (gamma * p * (softplus - x) + (1.0 - p))
 
     zeros = ops.zeros_like(ops.cast(query_class, logits.dtype))
-    return _fused_sigmoid_term(
-        logits, query_class, zeros, (negative, negative_grad), (positive, positive_grad)
-    )
+    negative = _focal_negative(1.0 - alpha, gamma)
+    return _fused_sigmoid_term(logits, query_class, zeros, negative, (positive, positive_grad))
 
 
 def varifocal(
@@ -147,14 +141,70 @@ def matchability_aware(
         query_iou > 0.0, ops.power(ops.maximum(query_iou, 1e-30), gamma), 0.0
     )  # [P, Q]: IoU^gamma, the positives' target
 
-    def positive(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
-        return softplus - x * t  # weight 1, target IoU^gamma
+    negative = _constant_weight_negative(factor, gamma)
+    return _fused_sigmoid_term(logits, query_class, score, negative, _soft_target_positive())
 
-    def positive_grad(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
+
+def iou_aware_bce(
+    logits: Tensor, query_class: Tensor, query_iou: Tensor, alpha: float, gamma: float
+) -> Tensor:
+    """LW-DETR's and RF-DETR's IoU-aware BCE (IA-BCE), summed over queries and classes `[P]`.
+
+    At each matched query's class, `BCE(x, t)` with the target
+    `t = max(sigmoid(x)^alpha * IoU^(1 - alpha), 0.01)` (no gradient through t); at
+    every other logit `p^gamma BCE(x, 0)`, the gradient flowing through `p^gamma` too.
+    `BCE(x, t) = softplus(x) - t x` and `BCE(x, 0) = softplus(x)`: finite for every
+    finite logit (the reference's `-t log p - (1 - t) log(1 - p)` is `inf` or `NaN`
+    once `p` rounds to 0 or 1).
+
+    Args:
+        logits: `[P, Q, K]`.
+        query_class: int32 `[P, Q]`, the class of each query's target (-1: none).
+        query_iou: `[P, Q]`, each matched query's IoU with its target (no gradient).
+        alpha: The exponent of the probability in the target (0.25).
+        gamma: Focusing exponent of the negatives (2).
+
+    Returns:
+        `[P]`.
+    """
+    x_class = ops.take_along_axis(logits, ops.maximum(query_class, 0)[:, :, None], axis=2)
+    log_p = -_sigmoid_and_softplus(-x_class[:, :, 0])[1]  # [P, Q]: log sigmoid(x), <= 0
+    log_iou = ops.log(ops.maximum(query_iou, 1e-30))  # [P, Q]: IoU 0 gives the floor 0.01
+    quality = ops.exp(alpha * log_p + (1.0 - alpha) * log_iou)
+    score = ops.stop_gradient(ops.maximum(quality, 0.01))  # [P, Q]
+    negative = _focal_negative(1.0, gamma)
+    return _fused_sigmoid_term(logits, query_class, score, negative, _soft_target_positive())
+
+
+def _focal_negative(factor: float, gamma: float) -> tuple[_Elementwise, _Elementwise]:
+    """`factor p^gamma BCE(x, 0)`, value and gradient, the gradient through `p^gamma` too.
+
+    The negatives of the focal loss (`factor = 1 - alpha`) and of IA-BCE (1).
+    """
+
+    def value(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
+        return factor * _power(p, gamma, x - softplus) * softplus
+
+    def gradient(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
+        modulating = factor * _power(p, gamma, x - softplus)
+        return modulating * (gamma * (1.0 - p) * softplus + p)
+
+    return value, gradient
+
+
+def _soft_target_positive() -> tuple[_Elementwise, _Elementwise]:
+    """`BCE(x, t) = softplus(x) - t x` at a positive of target score t, and `p - t`.
+
+    The positives of MAL (t = IoU^gamma) and of IA-BCE (its quality).
+    """
+
+    def value(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
+        return softplus - x * t
+
+    def gradient(x: Tensor, p: Tensor, softplus: Tensor, t: Tensor) -> Tensor:
         return p - t
 
-    negative = _constant_weight_negative(factor, gamma)
-    return _fused_sigmoid_term(logits, query_class, score, negative, (positive, positive_grad))
+    return value, gradient
 
 
 def _constant_weight_negative(factor: float, gamma: float) -> tuple[_Elementwise, _Elementwise]:

@@ -40,13 +40,14 @@ __all__ = ["DETRLoss", "DETRLossTerm", "MaskTerms"]
 
 Tensor = Any
 
-CLASSIFICATIONS = ("softmax", "focal", "varifocal", "mal")
+CLASSIFICATIONS = ("softmax", "focal", "varifocal", "mal", "ia_bce")
+GROUP_REDUCTIONS = ("mean", "sum")
 NORMALIZATIONS = ("sample", "batch")
 BOX_LOSSES = {"giou": "GIoUCost", "diou": "DIoUCost", "ciou": "CIoUCost"}
 _NAN = float("nan")
 _INF = float("inf")
 # The loss's alpha and gamma per classification kind, when not given.
-_DEFAULT_ALPHA = {"softmax": 0.25, "focal": 0.25, "varifocal": 0.75, "mal": 0.75}
+_DEFAULT_ALPHA = {"softmax": 0.25, "focal": 0.25, "varifocal": 0.75, "mal": 0.75, "ia_bce": 0.25}
 _MATCHING_ALPHA, _MATCHING_GAMMA = 0.25, 2.0  # the focal class cost of the real-time DETRs
 
 
@@ -59,7 +60,8 @@ class _Problems(NamedTuple):
     target_mask: Tensor  # [P, M * k]
     cost: Tensor  # [P, M * k, N]: the matching cost, without gradient
     indices: Tensor  # [P, M * k]: the matched query of each target, -1 where unmatched
-    num_sets: int | None
+    num_sets: int | None  # S * G with query groups
+    set_axis: bool  # whether y_pred had a set axis
     invalid: Tensor  # [P, M]: real targets that break a rule of the data (`invalid_targets`)
     nan_matched: Tensor  # [P]: a NaN in a matched query (not a denoising one)
     nan_any: Tensor  # [P]: a NaN in any query
@@ -128,12 +130,15 @@ class DETRLoss(HungarianLoss):
             t = IoU_j * onehot                                                      varifocal
     class = sum_{j, c} BCE(x, t) (mal_alpha p^gamma (1 - onehot) + onehot) / |P|,
             t = IoU_j^gamma * onehot                                                mal
+    class = sum_{j, c} BCE(x, t) (p^gamma (1 - onehot) + onehot) / |P|,
+            t = max(p^alpha IoU_j^(1 - alpha), 0.01) * onehot                      ia_bce
     loss  = class_weight * class + l1_weight * l1 + giou_weight * box
     ```
 
     (`|P|` is taken as 1 when a problem has no target; `p^gamma` in the varifocal and
-    matchability-aware weights carries no gradient; `alpha` is `focal_alpha`, `gamma`
-    `focal_gamma`, and mal's `mal_alpha` may be `None`, no factor.) `terms` gives the
+    matchability-aware weights carries no gradient, nor does IA-BCE's target t; `alpha`
+    is `focal_alpha`, `gamma` `focal_gamma`, and mal's `mal_alpha` may be `None`, no
+    factor.) `terms` gives the
     three terms (`"class"`, `"l1"` and the `box_loss` name) separately, and
     `term_metrics` makes Keras metrics of them.
 
@@ -144,6 +149,13 @@ class DETRLoss(HungarianLoss):
     that assignment, normalized by the number of boxes times G, and added to the matched
     queries' terms; the matching and the matched queries' terms never see a denoising
     query. `hungarian_loss.denoising` builds such queries from `y_true`.
+
+    Query groups (Group DETR; LW-DETR, RF-DETR: `query_groups=G`): the N queries of a
+    set are G contiguous groups of `N / G`; each group is matched to all targets on its
+    own (every group, set and sample in one solver call) and its terms computed as
+    above; the sample's loss is the mean over groups (`group_reduction="sum"`: their
+    sum), then over sets. `match` gives `[B, (S,) M, G]`, query indices on the whole
+    axis. Inference reads group 0.
 
     Dense one-to-one (DEIM, `dense_one_to_one=True`): the L1 and box terms of every set
     use, for each matched query, the target it is matched to in the most sets (ties:
@@ -172,11 +184,13 @@ class DETRLoss(HungarianLoss):
         eos_coef: Relative weight of the "no object" cross-entropy of unmatched queries
             (DETR: 0.1). Softmax only.
         classification: `"softmax"` (DETR: K + 1 logits, the last one "no object"),
-            `"focal"` (Deformable DETR), `"varifocal"` (RT-DETR, D-FINE) or `"mal"`
-            (DEIM's matchability-aware loss); the last three read K sigmoid logits.
+            `"focal"` (Deformable DETR), `"varifocal"` (RT-DETR, D-FINE), `"mal"`
+            (DEIM's matchability-aware loss) or `"ia_bce"` (LW-DETR's and RF-DETR's
+            IoU-aware BCE); the last four read K sigmoid logits.
         focal_alpha: The class term's alpha, in `[0, 1]`: the focal loss's weight of the
-            positives, or the varifocal loss's weight of the negatives. Defaults to 0.25
-            for `"focal"` and 0.75 for `"varifocal"` (and `"mal"` when `mal_alpha` is
+            positives, the varifocal loss's weight of the negatives, or IA-BCE's
+            exponent of the probability in its target. Defaults to 0.25 for `"focal"`
+            and `"ia_bce"`, 0.75 for `"varifocal"` (and `"mal"` when `mal_alpha` is
             given).
         focal_gamma: The class term's gamma, `>= 0` (the IoU's exponent too for
             `"mal"`; DEIM uses 1.5).
@@ -199,6 +213,10 @@ class DETRLoss(HungarianLoss):
         dense_one_to_one: Whether the box terms use DEIM's dense one-to-one pairs.
         masks: A `MaskTerms`: the mask and dice terms, in the matching and the loss,
             on dict inputs with masks (None: no masks).
+        query_groups: G (Group DETR, LW-DETR, RF-DETR): the query axis holds G groups of
+            equal size, each matched to every target on its own; 1 for none.
+        group_reduction: `"mean"` (the groups' mean: each term divided by the number
+            of boxes times G, as LW-DETR) or `"sum"` over the groups.
         box_format: Format of the boxes in both tensors (Keras's names).
         padding_value: Value that fills padding target rows, or `None` when every row
             is a target.
@@ -213,8 +231,9 @@ class DETRLoss(HungarianLoss):
         ValueError: if a weight or `eos_coef` is negative or not finite, all matching
             weights are 0, `classification`, `normalization`, `box_loss` or `box_format`
             is unknown, an alpha is outside `[0, 1]` or a gamma negative, or
-            `denoising_groups` is not an int >= 0, or `masks` comes with denoising
-            groups, dense one-to-one pairs or several matches per target; at trace time
+            `denoising_groups` is not an int >= 0 or `query_groups` an int >= 1, or
+            `masks` or `query_groups` > 1 comes with denoising groups, dense one-to-one
+            pairs or several matches per target; at trace time
             if `y_true` does not have 5 channels, `y_pred` has no class logits, its
             query axis is shorter than the denoising queries, or dict inputs miss a key
             or have shapes that do not agree.
@@ -272,6 +291,8 @@ class DETRLoss(HungarianLoss):
         denoising_groups: int = 0,
         dense_one_to_one: bool = False,
         masks: MaskTerms | dict[str, Any] | None = None,
+        query_groups: int = 1,
+        group_reduction: str = "mean",
         box_format: str = "center_xywh",
         padding_value: float | None = -1.0,
         matches_per_target: int = 1,
@@ -283,6 +304,7 @@ class DETRLoss(HungarianLoss):
         check_choice("classification", classification, CLASSIFICATIONS)
         check_choice("normalization", normalization, NORMALIZATIONS)
         check_choice("box_loss", box_loss, tuple(BOX_LOSSES))
+        check_choice("group_reduction", group_reduction, GROUP_REDUCTIONS)
         weights = {
             "class_weight": class_weight,
             "l1_weight": l1_weight,
@@ -315,6 +337,19 @@ class DETRLoss(HungarianLoss):
             raise ValueError(
                 "Expected `denoising_groups` to be an int >= 0. "
                 f"Received: denoising_groups={denoising_groups!r}"
+            )
+        if not isinstance(query_groups, int) or isinstance(query_groups, bool) or query_groups < 1:
+            raise ValueError(
+                "Expected `query_groups` to be an int >= 1. "
+                f"Received: query_groups={query_groups!r}"
+            )
+        if query_groups > 1 and (denoising_groups or dense_one_to_one or matches_per_target > 1):
+            raise ValueError(
+                "Expected `query_groups` > 1 without `denoising_groups`, `dense_one_to_one` or "
+                "`matches_per_target` > 1 (Group DETR matches each group one-to-one on its "
+                f"own). Received: query_groups={query_groups!r}, "
+                f"denoising_groups={denoising_groups!r}, dense_one_to_one={dense_one_to_one!r}, "
+                f"matches_per_target={matches_per_target!r}"
             )
         if isinstance(masks, dict):
             masks = MaskTerms.from_config(masks)
@@ -371,6 +406,8 @@ class DETRLoss(HungarianLoss):
         self.denoising_groups = denoising_groups
         self.dense_one_to_one = bool(dense_one_to_one)
         self.masks = masks
+        self.query_groups = query_groups
+        self.group_reduction = group_reduction
         # A mask criterion whose box weights are all 0 reads no boxes (MaskFormer).
         self._has_boxes = masks is None or any(
             weight != 0.0 for weight in (l1_weight, giou_weight, *matching[1:])
@@ -598,6 +635,106 @@ class DETRLoss(HungarianLoss):
         }
         return cls(**{**recipe, **kwargs})
 
+    @classmethod
+    def lw_detr(cls, query_groups: int = 13, **kwargs: Any) -> DETRLoss:
+        """LW-DETR's criterion (Chen et al., 2024): IA-BCE and Group DETR.
+
+        | term | loss weight | matching weight |
+        |---|---|---|
+        | class: IA-BCE (alpha 0.25, gamma 2) / focal class cost (alpha 0.25, gamma 2) | 1 | 2 |
+        | L1 | 5 | 5 |
+        | GIoU | 2 | 2 |
+
+        The queries are `query_groups` groups of equal size, each matched to every target
+        on its own (13 in training; inference reads group 0 alone). The terms are divided
+        by the batch's number of boxes times G (the mean over groups) with
+        `reduction="sum"`. The decoder layers and the encoder's proposals are sets
+        `[B, S, G * N, ...]`: the loss is their mean (LW-DETR sums them: scale by S).
+
+        Args:
+            query_groups: G, the query groups (1 for an evaluation-time criterion).
+            **kwargs: Any constructor argument, to override the recipe's.
+
+        Returns:
+            A `DETRLoss`.
+        """
+        recipe: dict[str, Any] = {
+            "classification": "ia_bce",
+            "class_weight": 1.0,
+            "l1_weight": 5.0,
+            "giou_weight": 2.0,
+            "focal_alpha": 0.25,
+            "focal_gamma": 2.0,
+            "matching_weights": (2.0, 5.0, 2.0),
+            "matching_alpha": 0.25,
+            "matching_gamma": 2.0,
+            "query_groups": query_groups,
+            "normalization": "batch",
+            "reduction": "sum",
+        }
+        return cls(**{**recipe, **kwargs})
+
+    @classmethod
+    def rf_detr(cls, query_groups: int = 13, **kwargs: Any) -> DETRLoss:
+        """RF-DETR's criterion (Robinson et al., 2025): LW-DETR's, which it keeps.
+
+        The same values as `lw_detr()` (transformers trains both with
+        `LwDetrForObjectDetectionLoss`): IA-BCE 1, L1 5, GIoU 2; matching 2/5/2 with the
+        focal class cost; G = 13 query groups.
+
+        Args:
+            query_groups: G, the query groups.
+            **kwargs: Any constructor argument, to override the recipe's.
+
+        Returns:
+            A `DETRLoss`.
+        """
+        return cls.lw_detr(query_groups=query_groups, **kwargs)
+
+    @classmethod
+    def rf_detr_seg(
+        cls,
+        query_groups: int = 13,
+        num_points: int | None = 729,
+        seed: int | keras.random.SeedGenerator | None = None,
+        **kwargs: Any,
+    ) -> DETRLoss:
+        """RF-DETR-Seg's criterion: RF-DETR's class and box terms, plus masks on points.
+
+        | term | loss weight | matching weight |
+        |---|---|---|
+        | class: IA-BCE / focal class cost | 1 | 2 |
+        | L1, GIoU | 5, 2 | 5, 2 |
+        | mask: sigmoid cross-entropy, mean over points | 5 | 5 |
+        | dice | 5 | 5 |
+
+        RF-DETR-Seg samples `h * w // 16` points of its `h x w` mask logits (at a quarter
+        of the input's resolution: 729 for 108 x 108 masks, a 432-pixel input), uniform
+        ones for the matching and importance-sampled ones (3 P candidates, 0.75 P most
+        uncertain) for the loss, and reads the targets at them by nearest neighbour
+        (`MaskTerms` reads them bilinearly: equal on the pixels' insides, a blend across
+        their edges). Inputs are dicts with `"boxes"` and `"masks"` (see `DETRLoss`).
+
+        Args:
+            query_groups: G, the query groups.
+            num_points: P, the points per mask (None: every pixel).
+            seed: The mask terms' seed (`MaskTerms`).
+            **kwargs: Any constructor argument, to override the recipe's.
+
+        Returns:
+            A `DETRLoss`.
+        """
+        terms = MaskTerms(
+            mask_weight=5.0,
+            dice_weight=5.0,
+            mask_loss="bce",
+            num_points=num_points,
+            oversample_ratio=3.0,
+            importance_ratio=0.75,
+            seed=seed,
+        )
+        return cls.lw_detr(query_groups=query_groups, **{"masks": terms, **kwargs})
+
     # ----- the loss --------------------------------------------------------------------------
 
     def __call__(self, y_true: Any, y_pred: Any, sample_weight: Tensor = None) -> Tensor:
@@ -626,13 +763,16 @@ class DETRLoss(HungarianLoss):
 
         Returns:
             int32 `[B, M]` (`[B, S, M]` with sets; a last axis of k with
-            `matches_per_target=k`): the query of each target, `>= G * 2 * M` with
-            denoising groups, -1 for padding and unmatched targets.
+            `matches_per_target=k`, of G with `query_groups=G` > 1): the query of each
+            target, `>= G * 2 * M` with denoising groups, -1 for padding and unmatched
+            targets.
         """
         problems = self._problems(y_true, y_pred)
         num_targets = problems.y_true.shape[1] // self.matches_per_target
         offset = _layout.num_denoising(self.denoising_groups, num_targets)
         indices = ops.where(problems.indices >= 0, problems.indices + offset, -1)
+        if self.query_groups > 1:
+            return self._group_indices(indices, problems)
         return self._shape_indices(indices, problems.num_sets)
 
     def terms(self, y_true: Tensor, y_pred: Tensor) -> dict[str, Tensor]:
@@ -744,13 +884,17 @@ class DETRLoss(HungarianLoss):
         y_true, y_pred = self._prepare(y_true, y_pred)
         self._check_layout(y_true, y_pred)
         y_true, y_pred, num_sets = self._flatten_sets(y_true, y_pred)  # [P, M, 5], [P, Q, D]
+        set_axis = num_sets is not None
+        y_true, y_pred, num_sets = self._split_groups(y_true, y_pred, num_sets)
         # One look at every value: which rows are broken, and the rows zeroed where they
         # are, so that nothing computed from them reaches the gradients.
         finite_rows, nan_rows = _broken_rows(y_pred)  # [P, Q], [P, Q]
         seed = None
         mask_terms = self.masks
         if pred_masks is not None and mask_terms is not None:  # broken mask logits: a broken query
-            pred_masks = ops.reshape(pred_masks, (-1, *pred_masks.shape[-3:]))  # [P, Q, h, w]
+            pred_masks = ops.reshape(
+                pred_masks, (-1, y_pred.shape[1], *pred_masks.shape[-2:])
+            )  # [P, Q, h, w], the groups split as y_pred's
             flat = ops.reshape(pred_masks, (*ops.shape(pred_masks)[:2], -1))  # [P, Q, h * w]
             finite_masks, nan_masks = _broken_rows(flat)
             finite_rows = ops.logical_and(finite_rows, finite_masks)
@@ -782,6 +926,7 @@ class DETRLoss(HungarianLoss):
             cost=cost,
             indices=indices,
             num_sets=num_sets,
+            set_axis=set_axis,
             invalid=ops.logical_and(invalid, real),
             nan_matched=ops.any(nan_rows[:, count:], axis=1),
             nan_any=ops.any(nan_rows, axis=1),
@@ -980,6 +1125,10 @@ class DETRLoss(HungarianLoss):
             total = classification_terms.varifocal(
                 logits, query_class, query_iou, self.focal_alpha, self.focal_gamma
             )
+        elif self.classification == "ia_bce":
+            total = classification_terms.iou_aware_bce(
+                logits, query_class, query_iou, self.focal_alpha, self.focal_gamma
+            )
         else:
             total = classification_terms.matchability_aware(
                 logits, query_class, query_iou, self.mal_alpha, self.focal_gamma
@@ -1066,6 +1215,56 @@ class DETRLoss(HungarianLoss):
         self._num_sets = num_sets or 1  # the batch normalization counts per set
         return y_true, y_pred, num_sets
 
+    def _split_groups(
+        self, y_true: Tensor, y_pred: Tensor, num_sets: int | None
+    ) -> tuple[Tensor, Tensor, int | None]:
+        """Query groups as problems of their own: `[B * S, G * N, D]` -> `[B * S * G, N, D]`.
+
+        Row `(b * S + s) * G + g` is group g of set s of sample b; the returned count of
+        problems per sample is `S * G`. Without groups, the tensors pass through.
+
+        Raises:
+            ValueError: if the query axis is not a multiple of G.
+        """
+        groups = self.query_groups
+        if groups == 1:
+            return y_true, y_pred, num_sets
+        num_queries = y_pred.shape[1]
+        if num_queries % groups:
+            raise ValueError(
+                f"Expected the query axis of `y_pred` to hold query_groups={groups} groups of "
+                f"equal size. Received: {num_queries} queries (y_pred.shape="
+                f"{tuple(y_pred.shape)} after the sets are flattened)"
+            )
+        y_pred = ops.reshape(y_pred, (-1, num_queries // groups, y_pred.shape[2]))
+        y_true = ops.repeat(y_true, groups, axis=0)
+        num_sets = (num_sets or 1) * groups
+        self._num_sets = num_sets  # the batch normalization counts per group and set
+        return y_true, y_pred, num_sets
+
+    def _reduce_sets(self, loss: Tensor, num_sets: int | None) -> Tensor:
+        """`[P]` -> `[B]`: the groups' mean (or sum), then the sets' (weighted) mean."""
+        groups = self.query_groups
+        if groups == 1 or num_sets is None:
+            return super()._reduce_sets(loss, num_sets)
+        per_group = ops.reshape(loss, (-1, groups))  # [B * S, G]
+        reduce = ops.mean if self.group_reduction == "mean" else ops.sum
+        return super()._reduce_sets(reduce(per_group, axis=1), num_sets // groups)
+
+    def _group_indices(self, indices: Tensor, problems: _Problems) -> Tensor:
+        """`[B * S * G, M]` -> `[B, (S,) M, G]`, each group's queries on the whole axis."""
+        groups = self.query_groups
+        size = problems.queries.shape[1]  # N, the queries of a group
+        num_targets = indices.shape[1]
+        per_group = ops.reshape(indices, (-1, groups, num_targets))  # [B * S, G, M]
+        offset = ops.arange(groups, dtype="int32")[None, :, None] * size
+        per_group = ops.where(per_group >= 0, per_group + offset, -1)
+        per_group = ops.transpose(per_group, (0, 2, 1))  # [B * S, M, G]
+        if problems.set_axis:
+            num_sets = (problems.num_sets or groups) // groups
+            return ops.reshape(per_group, (-1, num_sets, num_targets, groups))
+        return per_group
+
     def _check_layout(self, y_true: Tensor, y_pred: Tensor) -> None:
         """Raises unless `y_true` has 5 channels and `y_pred` at least one class logit."""
         extra = 2 if self.classification == "softmax" else 1
@@ -1101,6 +1300,8 @@ class DETRLoss(HungarianLoss):
                 "denoising_groups": self.denoising_groups,
                 "dense_one_to_one": self.dense_one_to_one,
                 "masks": None if self.masks is None else self.masks.get_config(),
+                "query_groups": self.query_groups,
+                "group_reduction": self.group_reduction,
             }
         )
         return config
