@@ -613,15 +613,7 @@ class DETRLoss(HungarianLoss):
         Returns:
             A `DETRLoss`.
         """
-        terms = MaskTerms(
-            mask_weight=5.0,
-            dice_weight=5.0,
-            mask_loss="bce",
-            num_points=num_points,
-            oversample_ratio=3.0,
-            importance_ratio=0.75,
-            seed=seed,
-        )
+        terms = _sampled_bce_dice(num_points, seed)
         recipe: dict[str, Any] = {
             "classification": "softmax",
             "class_weight": 2.0,
@@ -724,15 +716,7 @@ class DETRLoss(HungarianLoss):
         Returns:
             A `DETRLoss`.
         """
-        terms = MaskTerms(
-            mask_weight=5.0,
-            dice_weight=5.0,
-            mask_loss="bce",
-            num_points=num_points,
-            oversample_ratio=3.0,
-            importance_ratio=0.75,
-            seed=seed,
-        )
+        terms = _sampled_bce_dice(num_points, seed)
         return cls.lw_detr(query_groups=query_groups, **{"masks": terms, **kwargs})
 
     # ----- the loss --------------------------------------------------------------------------
@@ -1349,6 +1333,19 @@ class DETRLossTerm(keras.metrics.Mean):
             "name": self.name,
             "dtype": self.dtype,
         }
+
+
+def _sampled_bce_dice(num_points: int | None, seed: Any) -> MaskTerms:
+    """Mask2Former's and RF-DETR-Seg's mask terms: BCE 5 and dice 5 on importance-sampled points."""
+    return MaskTerms(
+        mask_weight=5.0,
+        dice_weight=5.0,
+        mask_loss="bce",
+        num_points=num_points,
+        oversample_ratio=3.0,
+        importance_ratio=0.75,
+        seed=seed,
+    )
 
 
 def _broken_rows(x: Tensor) -> tuple[Tensor, Tensor]:
