@@ -215,8 +215,9 @@ class DETRLoss(HungarianLoss):
             on dict inputs with masks (None: no masks).
         query_groups: G (Group DETR, LW-DETR, RF-DETR): the query axis holds G groups of
             equal size, each matched to every target on its own; 1 for none.
-        group_reduction: `"mean"` (the groups' mean: each term divided by the number
-            of boxes times G, as LW-DETR) or `"sum"` over the groups.
+        group_reduction: `"mean"` (the groups' mean; with `normalization="batch"`,
+            each term divided by the batch's number of boxes times G, as LW-DETR's) or
+            `"sum"` over the groups.
         box_format: Format of the boxes in both tensors (Keras's names).
         padding_value: Value that fills padding target rows, or `None` when every row
             is a target.
@@ -701,7 +702,7 @@ class DETRLoss(HungarianLoss):
         | dice | 5 | 5 |
 
         RF-DETR-Seg samples `h * w // 16` points of its `h x w` mask logits (at a quarter
-        of the input's resolution: 729 for 108 x 108 masks, a 432-pixel input), uniform
+        of the input's resolution; 729 for 108 x 108 masks: set `num_points` from yours), uniform
         ones for the matching and importance-sampled ones (3 P candidates, 0.75 P most
         uncertain) for the loss, and reads the targets at them by nearest neighbour
         (`MaskTerms` reads them bilinearly: equal on the pixels' insides, a blend across
