@@ -360,3 +360,180 @@ def serve(build: Callable[[dict[str, Any]], tuple[list[Case], dict[str, Any]]]) 
             break
         _time_round(cases, calls, config, int(command))
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Single-process criterion benchmarks (masks.py, lw_detr.py): results to the host, quiet-CPU
+# waits, timed calls, peak memory in processes of their own.
+
+
+def to_host(tree: Any) -> Any:
+    """`tree` with every array made a NumPy array (dicts, lists and tuples kept)."""
+    if isinstance(tree, dict):
+        return {key: to_host(value) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(to_host(value) for value in tree)
+    return np.asarray(tree)
+
+
+def versions(backend: str) -> str:
+    """The versions of the packages a criterion benchmark on `backend` runs with."""
+    import contextlib
+    import importlib.metadata as metadata
+
+    names = ["keras", "numpy", "torch", "transformers", "scipy"]
+    names += {"jax": ["jax", "jaxlib"], "tensorflow": ["tensorflow"]}.get(backend, [])
+    found = []
+    for name in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found.append(f"{name} {metadata.version(name)}")
+    return ", ".join(found)
+
+
+def cpu_busy() -> tuple[float, float]:
+    """Seconds of CPU time: every process's (from /proc/stat), and this process's."""
+    import os
+
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    times = os.times()
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), times.user + times.system
+
+
+def wait_quiet(limit: float, max_wait: float) -> float:
+    """Waits (up to `max_wait` s) for 2 s in which other processes use < `limit` cores."""
+    start = time.perf_counter()
+    while True:
+        before = cpu_busy()
+        time.sleep(2.0)
+        after = cpu_busy()
+        foreign = ((after[0] - before[0]) - (after[1] - before[1])) / 2.0
+        if foreign < limit or time.perf_counter() - start > max_wait:
+            return foreign
+
+
+def timed(step: Callable[..., Any], data: Any, calls: int) -> tuple[float, float, Any]:
+    """Mean seconds per call of `step(*data)`; cores other processes used; the last result."""
+    busy = cpu_busy()
+    start = time.perf_counter()
+    for _ in range(calls):
+        result = step(*data)
+    wall = time.perf_counter() - start
+    after = cpu_busy()
+    foreign = max(0.0, ((after[0] - busy[0]) - (after[1] - busy[1])) / wall)
+    return wall / calls, foreign, result
+
+
+def proc_status(field_name: str) -> int:
+    """A field of /proc/self/status in bytes (`VmRSS`, `VmHWM`)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field_name} in /proc/self/status")
+
+
+def reset_peak() -> None:
+    """Resets this process's peak resident set size (`VmHWM`)."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+def memory_of_step(name: str, step: Callable[..., Any], data: Any, steps: int) -> None:
+    """Prints, as a JSON line, the peaks of `step(*data)` above the resident baseline.
+
+    The baseline is read after the imports and the input; the peaks after the first call
+    (trace, compile, run) and, reset again, over `steps` more calls.
+    """
+    gc.collect()
+    baseline = proc_status("VmRSS")
+    reset_peak()
+    step(*data)
+    first = proc_status("VmHWM") - baseline
+    reset_peak()
+    for _ in range(steps):
+        step(*data)
+    after = proc_status("VmHWM") - baseline
+    print(json.dumps({"name": name, "baseline": baseline, "first": first, "steps": after}))
+
+
+def memory_in_processes(script: str, names: list[str], flags: list[str], steps: int) -> None:
+    """Runs `script --memory-of NAME --memory-steps STEPS *flags` per name; prints its peaks."""
+    import subprocess
+
+    mib = 2**20
+    for name in names:
+        command = [sys.executable, script, "--memory-of", name, "--memory-steps", str(steps)]
+        done = subprocess.run(command + flags, capture_output=True, text=True, check=False)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode or not lines:
+            print(f"  {name}: failed (exit {done.returncode})\n{done.stderr[-3000:]}")
+            continue
+        result = json.loads(lines[-1])
+        print(
+            f"  {name:12s} baseline {result['baseline'] / mib:7.0f} MiB; peak above it: "
+            f"first call {result['first'] / mib:7.0f} MiB, "
+            f"next {steps} calls {result['steps'] / mib:7.0f} MiB"
+        )
+
+
+def to_backend(tree: dict[str, np.ndarray], backend: str) -> dict[str, Any]:
+    """Backend arrays of a dict of NumPy arrays (for resident inputs, TensorFlow's step)."""
+    if backend == "jax":
+        import jax.numpy as jnp
+
+        return {key: jnp.asarray(value) for key, value in tree.items()}
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return {key: tf.constant(value) for key, value in tree.items()}
+    import torch
+
+    return {key: torch.from_numpy(value) for key, value in tree.items()}
+
+
+def value_and_grad_step(loss: Callable[[Any, Any], Any], backend: str, resident: bool) -> Any:
+    """`step(y_true, y_pred) -> (value, gradient w.r.t. y_pred)` of a loss on dict inputs.
+
+    Compiled as a whole on JAX (`jax.jit(jax.value_and_grad)`) and TensorFlow
+    (`tf.function(jit_compile=True)` with a `GradientTape`), eager with `.backward()` on
+    PyTorch. NumPy in and out, unless `resident` (JAX, TensorFlow): backend arrays in,
+    results left on the backend.
+    """
+    if backend == "jax":
+        import jax
+
+        def total(y_true: Any, y_pred: Any) -> Any:
+            return loss(y_true, y_pred)
+
+        step_jax = jax.jit(jax.value_and_grad(total, argnums=1))
+        if resident:
+            return lambda t, p: jax.block_until_ready(step_jax(t, p))
+        return lambda t, p: to_host(step_jax(t, p))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(jit_compile=True)
+        def step_tf(y_true: Any, y_pred: Any) -> Any:
+            with tf.GradientTape() as tape:
+                tape.watch(y_pred)
+                value = loss(y_true, y_pred)
+            return value, tape.gradient(value, y_pred)
+
+        if resident:
+            return step_tf
+        return lambda t, p: to_host(step_tf(to_backend(t, backend), to_backend(p, backend)))
+    import torch
+
+    def step_torch(y_true: Any, y_pred: Any) -> tuple[float, Any]:
+        y_true = {key: torch.as_tensor(value) for key, value in y_true.items()}
+        y_pred = {
+            key: torch.as_tensor(value).detach().requires_grad_() for key, value in y_pred.items()
+        }
+        value = loss(y_true, y_pred)
+        value.backward()
+        grads = {key: tensor.grad.numpy() for key, tensor in y_pred.items()}
+        return float(value.item()), grads
+
+    return step_torch

@@ -55,17 +55,25 @@ transformers is not a dependency of the package; `pip install -e .[bench]` insta
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from common import (
+    memory_in_processes,
+    memory_of_step,
+    timed,
+    to_host,
+    value_and_grad_step,
+    versions,
+    wait_quiet,
+)
+from common import (
+    to_backend as common_to_backend,
+)
 
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 B, S, Q, K, M = 4, 10, 100, 133, 30  # images, sets, queries, classes, padded targets
@@ -100,14 +108,6 @@ def inputs(rng: np.random.Generator, full: bool = False) -> Data:
     mask_logits = rng.standard_normal((B, S, Q, h, w), dtype="float32")
     mask_logits *= MASK_LOGIT_SCALE
     return {"labels": labels, "masks": masks}, {"logits": logits, "masks": mask_logits}
-
-
-def to_host(tree: Any) -> Any:
-    if isinstance(tree, dict):
-        return {key: to_host(value) for key, value in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(to_host(value) for value in tree)
-    return np.asarray(tree)
 
 
 def transformers_step() -> Step:
@@ -167,58 +167,12 @@ def ours_step(resident: bool) -> Step:
     """Our criterion's value and gradient, compiled as a whole (eager on PyTorch)."""
     from hungarian_loss import DETRLoss
 
-    loss = DETRLoss.mask2former(num_points=P)
-    if BACKEND == "jax":
-        import jax
-
-        def total(y_true: Any, y_pred: Any) -> Any:
-            return loss(y_true, y_pred)
-
-        step_jax = jax.jit(jax.value_and_grad(total, argnums=1))
-        if resident:
-            return lambda t, p: jax.block_until_ready(step_jax(t, p))
-        return lambda t, p: to_host(step_jax(t, p))
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        @tf.function(jit_compile=True)
-        def step_tf(y_true: Any, y_pred: Any) -> Any:
-            with tf.GradientTape() as tape:
-                tape.watch(y_pred)
-                value = loss(y_true, y_pred)
-            return value, tape.gradient(value, y_pred)
-
-        if resident:
-            return step_tf
-        return lambda t, p: to_host(step_tf(to_backend(t), to_backend(p)))
-    import torch
-
-    def step_torch(y_true: Any, y_pred: Any) -> tuple[float, Any]:
-        y_true = {key: torch.as_tensor(value) for key, value in y_true.items()}
-        y_pred = {
-            key: torch.as_tensor(value).detach().requires_grad_() for key, value in y_pred.items()
-        }
-        value = loss(y_true, y_pred)
-        value.backward()
-        grads = {key: tensor.grad.numpy() for key, tensor in y_pred.items()}
-        return float(value.item()), grads
-
-    return step_torch
+    return value_and_grad_step(DETRLoss.mask2former(num_points=P), BACKEND, resident)
 
 
 def to_backend(tree: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Backend arrays of the inputs (for `--resident` and TensorFlow's NumPy-in step)."""
-    if BACKEND == "jax":
-        import jax.numpy as jnp
-
-        return {key: jnp.asarray(value) for key, value in tree.items()}
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        return {key: tf.constant(value) for key, value in tree.items()}
-    import torch
-
-    return {key: torch.from_numpy(value) for key, value in tree.items()}
+    """Backend arrays of the inputs (for `--resident`)."""
+    return common_to_backend(tree, BACKEND)
 
 
 def make_steps(names: list[str], resident: bool) -> dict[str, Step]:
@@ -249,69 +203,18 @@ def value_of(name: str, result: Any) -> float:
     return value * S if name == "ours" else value
 
 
-def versions() -> str:
-    import importlib.metadata as metadata
-
-    names = ["keras", "numpy", "torch", "transformers", "scipy"]
-    names += {"jax": ["jax", "jaxlib"], "tensorflow": ["tensorflow"]}.get(BACKEND, [])
-    found = []
-    for name in names:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            found.append(f"{name} {metadata.version(name)}")
-    return ", ".join(found)
-
-
-def _status(field: str) -> int:
-    """A field of /proc/self/status in bytes (`VmRSS`, `VmHWM`)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-
-
 def memory_of(name: str, resident: bool, steps: int, full: bool) -> None:
     """One contender in this process: its peaks above the baseline, as a JSON line."""
-    import gc
-
     step = make_steps([name], resident)[name]
     data = prepare(name, inputs(np.random.default_rng(0), full=full), resident)
-    gc.collect()
-    baseline = _status("VmRSS")
-    _reset_peak()
-    step(*data)
-    first = _status("VmHWM") - baseline
-    _reset_peak()
-    for _ in range(steps):
-        step(*data)
-    after = _status("VmHWM") - baseline
-    print(json.dumps({"name": name, "baseline": baseline, "first": first, "steps": after}))
+    memory_of_step(name, step, data, steps)
 
 
 def memory(names: list[str], resident: bool, steps: int, full: bool) -> None:
-    mib = 2**20
     where = "inputs and results on the backend" if resident else "NumPy in, NumPy out"
     targets = "30 targets in every image" if full else "the seed-0 input"
     print(f"peak memory, backend {BACKEND} (ours), {where}, {targets}; each in its own process:")
-    for name in names:
-        command = [sys.executable, __file__, "--memory-of", name, "--memory-steps", str(steps)]
-        command += ["--resident"] * resident + ["--full"] * full
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        if done.returncode or not lines:
-            print(f"  {name}: failed (exit {done.returncode})\n{done.stderr[-3000:]}")
-            continue
-        result = json.loads(lines[-1])
-        print(
-            f"  {name:12s} baseline {result['baseline'] / mib:7.0f} MiB; peak above it: "
-            f"first call {result['first'] / mib:7.0f} MiB, "
-            f"next {steps} calls {result['steps'] / mib:7.0f} MiB"
-        )
+    memory_in_processes(__file__, names, ["--resident"] * resident + ["--full"] * full, steps)
 
 
 def parts(repeats: int) -> None:
@@ -468,39 +371,6 @@ def parts(repeats: int) -> None:
     )
 
 
-def _cpu_busy() -> tuple[float, float]:
-    """Seconds of CPU time: every process's (from /proc/stat), and this process's."""
-    with open("/proc/stat") as stat:
-        fields = [int(x) for x in stat.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle, iowait
-    times = os.times()
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), times.user + times.system
-
-
-def wait_quiet(limit: float, max_wait: float) -> float:
-    """Waits (up to `max_wait` s) for 2 s in which other processes use < `limit` cores."""
-    start = time.perf_counter()
-    while True:
-        before = _cpu_busy()
-        time.sleep(2.0)
-        after = _cpu_busy()
-        foreign = ((after[0] - before[0]) - (after[1] - before[1])) / 2.0
-        if foreign < limit or time.perf_counter() - start > max_wait:
-            return foreign
-
-
-def timed(step: Step, data: Any, calls: int) -> tuple[float, float, Any]:
-    """Mean seconds per call; cores used by other processes meanwhile; the last result."""
-    busy = _cpu_busy()
-    start = time.perf_counter()
-    for _ in range(calls):
-        result = step(*data)
-    wall = time.perf_counter() - start
-    after = _cpu_busy()
-    foreign = max(0.0, ((after[0] - busy[0]) - (after[1] - busy[1])) / wall)
-    return wall / calls, foreign, result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
@@ -569,7 +439,7 @@ def main() -> None:
         f"{who}: B={B}, S={S} sets, Q={Q}, K={K}, masks {h}x{w} (predicted) and "
         f"{H}x{W} (targets), <= {M} targets, P={P}; {where}; {args.rounds} rounds"
     )
-    print(f"  {versions()}; {os.cpu_count()} CPUs")
+    print(f"  {versions(BACKEND)}; {os.cpu_count()} CPUs")
     print(f"  targets per round (all images): {counts}")
     for name in steps:
         print(
