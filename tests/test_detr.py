@@ -237,6 +237,7 @@ def test_config_round_trip() -> None:
         "normalization": "batch", "box_loss": "giou", "matching_weights": [2.0, 4.0, 1.0],
         "matching_alpha": 0.5, "matching_gamma": 1.0, "mal_alpha": None,
         "denoising_groups": 0, "dense_one_to_one": False, "masks": None,
+        "query_groups": 1, "group_reduction": "mean",
     }  # fmt: skip
     assert DETRLoss.from_config(config).get_config() == config
     serialized = json.loads(json.dumps(keras.saving.serialize_keras_object(loss)))
