@@ -14,9 +14,11 @@ rounds of several processes (one per Keras backend or virtual environment).
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import math
+import statistics
 import sys
 import time
 import traceback
@@ -423,6 +425,112 @@ def timed(step: Callable[..., Any], data: Any, calls: int) -> tuple[float, float
     after = cpu_busy()
     foreign = max(0.0, ((after[0] - busy[0]) - (after[1] - busy[1])) / wall)
     return wall / calls, foreign, result
+
+
+def add_criterion_arguments(parser: Any, rounds: int) -> None:
+    """The options of the criterion benchmarks (masks.py, lw_detr.py): rounds, quiet, memory."""
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--calls", type=int, default=1, help="calls per sample (their mean)")
+    parser.add_argument("--only", default="ours,transformers", help="contenders, comma-separated")
+    parser.add_argument(
+        "--resident",
+        action="store_true",
+        help="our inputs made backend arrays before timing and our results left there",
+    )
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=0.2,
+        help="before each sample, wait until other processes use fewer cores than this",
+    )
+    parser.add_argument("--quiet-wait", type=float, default=120.0, help="longest wait (s)")
+    parser.add_argument("--memory", action="store_true", help="peak memory of each, no timing")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-steps", type=int, default=3)
+    parser.add_argument("--parts", action="store_true", help="JAX: time the parts of our step")
+
+
+@dataclass
+class Rounds:
+    """What `interleaved_rounds` measured, per contender unless said."""
+
+    first: dict[str, float]  # seconds of the first call (trace, compile, run)
+    warm_values: dict[str, float]  # the loss on the seed-0 input
+    warm_results: dict[str, Any]  # (value, gradients) on the seed-0 input
+    times: dict[str, list[float]]  # seconds per call, by round
+    foreign: dict[str, list[float]]  # other processes' cores during each sample
+    values: dict[str, list[float]]  # the loss, by round
+    counts: list[int]  # real targets per round (all images)
+    compared: list[Any]  # `compare(results)` of each round where both contenders ran
+
+    def median_ms(self) -> dict[str, float]:
+        return {name: statistics.median(samples) * 1e3 for name, samples in self.times.items()}
+
+
+def interleaved_rounds(
+    steps: dict[str, Callable[..., Any]],
+    make_input: Callable[[int], Any],
+    prepare: Callable[[str, Any], Any],
+    value_of: Callable[[str, Any], float],
+    args: Any,
+    compare: Callable[[dict[str, Any]], Any] | None = None,
+) -> Rounds:
+    """The first call of each contender on input 0, then `args.rounds` interleaved rounds.
+
+    Round r times every contender on `make_input(r + 1)`, in alternating order, each sample
+    after `wait_quiet`; `prepare(name, data)` gives a contender's arguments before its clock
+    starts and `value_of(name, result)` its loss. The first results must be finite.
+    """
+    first: dict[str, float] = {}
+    warm_values: dict[str, float] = {}
+    warm_results: dict[str, Any] = {}
+    data = make_input(0)
+    for name, step in steps.items():
+        first[name], _, result = timed(step, prepare(name, data), 1)
+        warm_values[name] = value_of(name, result)
+        warm_results[name] = result
+        grads = to_host(result[1])
+        grads = grads if isinstance(grads, list) else [grads]
+        assert np.isfinite(warm_values[name]), name
+        assert all(np.all(np.isfinite(g)) for one in grads for g in one.values()), name
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    foreign: dict[str, list[float]] = {name: [] for name in steps}
+    values: dict[str, list[float]] = {name: [] for name in steps}
+    counts: list[int] = []
+    compared: list[Any] = []
+    for round_ in range(args.rounds):
+        data = make_input(round_ + 1)
+        counts.append(int((data[0]["labels"] >= 0).sum()))
+        order = list(steps) if round_ % 2 == 0 else list(steps)[::-1]
+        results = {}
+        for name in order:
+            prepared = prepare(name, data)
+            wait_quiet(args.quiet, args.quiet_wait)
+            seconds, others, results[name] = timed(steps[name], prepared, args.calls)
+            times[name].append(seconds)
+            foreign[name].append(others)
+            values[name].append(value_of(name, results[name]))
+        if compare is not None and len(results) == 2:
+            compared.append(compare(results))
+        del results
+    return Rounds(first, warm_values, warm_results, times, foreign, values, counts, compared)
+
+
+def print_rounds(rounds: Rounds, digits: int = 2) -> None:
+    """Each contender's median, spread, samples and the other processes' share."""
+    median = rounds.median_ms()
+    for name, samples in rounds.times.items():
+        print(
+            f"  {name:12s} median {median[name]:8.1f} ms  "
+            f"(min {min(samples) * 1e3:.1f}, max {max(samples) * 1e3:.1f}; "
+            f"first call {rounds.first[name]:.1f} s)"
+        )
+        print(f"    samples (s, by round): {[round(t, digits) for t in samples]}")
+        print(
+            f"    other processes' cores meanwhile: {[round(c, 2) for c in rounds.foreign[name]]}"
+        )
+    if "ours" in median and "transformers" in median:
+        print(f"  ours / transformers = {median['ours'] / median['transformers']:.3f}")
 
 
 def proc_status(field_name: str) -> int:

@@ -69,9 +69,11 @@ from typing import Any
 
 import numpy as np
 from common import (
+    add_criterion_arguments,
+    interleaved_rounds,
     memory_in_processes,
     memory_of_step,
-    timed,
+    print_rounds,
     to_backend,
     to_host,
     value_and_grad_step,
@@ -368,25 +370,7 @@ def parts(repeats: int, sizes: dict[str, int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--calls", type=int, default=1, help="calls per sample (their mean)")
-    parser.add_argument("--only", default="ours,transformers", help="contenders, comma-separated")
-    parser.add_argument(
-        "--resident",
-        action="store_true",
-        help="our inputs made backend arrays before timing and our results left there",
-    )
-    parser.add_argument(
-        "--quiet",
-        type=float,
-        default=0.2,
-        help="before each sample, wait until other processes use fewer cores than this",
-    )
-    parser.add_argument("--quiet-wait", type=float, default=120.0, help="longest wait (s)")
-    parser.add_argument("--memory", action="store_true", help="peak memory of each, no timing")
-    parser.add_argument("--memory-of", help=argparse.SUPPRESS)
-    parser.add_argument("--memory-steps", type=int, default=3)
-    parser.add_argument("--parts", action="store_true", help="JAX: time the parts of our step")
+    add_criterion_arguments(parser, rounds=7)
     parser.add_argument("--small", action="store_true", help="tiny sizes, for a smoke run")
     args = parser.parse_args()
     sizes = SMALL if args.small else SIZES
@@ -403,42 +387,16 @@ def main() -> None:
 
     sets = sizes["S"]
     steps = make_steps(names, args.resident, sizes)
-    first: dict[str, float] = {}
-    data = inputs(np.random.default_rng(0), sizes)
-    warm_values = {}
-    warm_results = {}
-    for name, step in steps.items():
-        prepared = prepare(name, data, args.resident)
-        first[name], _, result = timed(step, prepared, 1)
-        warm_values[name] = value_of(name, result, sets)
-        warm_results[name] = result
-        grads = to_host(result[1])
-        grads = grads if isinstance(grads, list) else [grads]
-        assert np.isfinite(warm_values[name]), name
-        assert all(np.all(np.isfinite(g)) for one in grads for g in one.values()), name
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    foreign: dict[str, list[float]] = {name: [] for name in steps}
-    values: dict[str, list[float]] = {name: [] for name in steps}
-    grad_diffs = []
-    counts = []
-    for round_ in range(args.rounds):
-        data = inputs(np.random.default_rng(round_ + 1), sizes)
-        counts.append(int((data[0]["labels"] >= 0).sum()))
-        order = list(steps) if round_ % 2 == 0 else list(steps)[::-1]
-        results = {}
-        for name in order:
-            prepared = prepare(name, data, args.resident)
-            wait_quiet(args.quiet, args.quiet_wait)
-            seconds, others, results[name] = timed(steps[name], prepared, args.calls)
-            times[name].append(seconds)
-            foreign[name].append(others)
-            values[name].append(value_of(name, results[name], sets))
-        if "ours" in results and "transformers" in results:
-            grad_diffs.append(
-                gradient_difference(results["ours"][1], results["transformers"][1], sets)
-            )
-        del results
-    median = {name: statistics.median(samples) * 1e3 for name, samples in times.items()}
+    rounds = interleaved_rounds(
+        steps,
+        lambda seed: inputs(np.random.default_rng(seed), sizes),
+        lambda name, data: prepare(name, data, args.resident),
+        lambda name, result: value_of(name, result, sets),
+        args,
+        compare=lambda results: gradient_difference(
+            results["ours"][1], results["transformers"][1], sets
+        ),
+    )
     where = "inputs and results on the backend" if args.resident else "NumPy in, NumPy out"
     who = f"backend {BACKEND}" if "ours" in steps else "transformers alone"
     print(
@@ -447,34 +405,27 @@ def main() -> None:
         f"(geometric, mean {sizes['MEAN']}); {where}; {args.rounds} rounds"
     )
     print(f"  {versions(BACKEND)}; {os.cpu_count()} CPUs")
-    print(f"  targets per round (all images): {counts}")
-    for name in steps:
-        print(
-            f"  {name:12s} median {median[name]:8.1f} ms  "
-            f"(min {min(times[name]) * 1e3:.1f}, max {max(times[name]) * 1e3:.1f}; "
-            f"first call {first[name]:.1f} s)"
-        )
-        print(f"    samples (s, by round): {[round(t, 3) for t in times[name]]}")
-        print(f"    other processes' cores meanwhile: {[round(c, 2) for c in foreign[name]]}")
+    print(f"  targets per round (all images): {rounds.counts}")
+    print_rounds(rounds, digits=3)
+    values, warm = rounds.values, rounds.warm_values
     if "ours" in steps and "transformers" in steps:
-        print(f"  ours / transformers = {median['ours'] / median['transformers']:.3f}")
         ratios = [a / b for a, b in zip(values["ours"], values["transformers"], strict=True)]
         print(
             f"  values (their scale: sum over the {sets} sets; ours = mean x {sets}): warm-up "
-            f"input ours {warm_values['ours']:.4f}, transformers "
-            f"{warm_values['transformers']:.4f}; ours / transformers per round: "
+            f"input ours {warm['ours']:.4f}, transformers "
+            f"{warm['transformers']:.4f}; ours / transformers per round: "
             f"{[f'{r:.7f}' for r in ratios]}"
         )
         warm_diff = gradient_difference(
-            warm_results["ours"][1], warm_results["transformers"][1], sets
+            rounds.warm_results["ours"][1], rounds.warm_results["transformers"][1], sets
         )
         print(
             f"  gradients: max |{sets} x ours - theirs| / max |theirs|: warm-up {warm_diff:.2e}, "
-            f"per round {[f'{d:.2e}' for d in grad_diffs]}"
+            f"per round {[f'{d:.2e}' for d in rounds.compared]}"
         )
     else:
         for name in steps:
-            print(f"  {name} values: warm-up {warm_values[name]:.4f}, rounds {values[name]}")
+            print(f"  {name} values: warm-up {warm[name]:.4f}, rounds {values[name]}")
 
 
 if __name__ == "__main__":

@@ -63,10 +63,11 @@ from typing import Any
 
 import numpy as np
 from common import (
+    add_criterion_arguments,
+    interleaved_rounds,
     memory_in_processes,
     memory_of_step,
-    timed,
-    to_host,
+    print_rounds,
     value_and_grad_step,
     versions,
     wait_quiet,
@@ -373,26 +374,8 @@ def parts(repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--calls", type=int, default=1, help="calls per sample (their mean)")
-    parser.add_argument("--only", default="ours,transformers", help="contenders, comma-separated")
-    parser.add_argument(
-        "--resident",
-        action="store_true",
-        help="our inputs made backend arrays before timing and our results left there",
-    )
-    parser.add_argument(
-        "--quiet",
-        type=float,
-        default=0.2,
-        help="before each sample, wait until other processes use fewer cores than this",
-    )
-    parser.add_argument("--quiet-wait", type=float, default=120.0, help="longest wait (s)")
-    parser.add_argument("--memory", action="store_true", help="peak memory of each, no timing")
-    parser.add_argument("--memory-of", help=argparse.SUPPRESS)
-    parser.add_argument("--memory-steps", type=int, default=3)
+    add_criterion_arguments(parser, rounds=9)
     parser.add_argument("--full", action="store_true", help="30 targets in every image")
-    parser.add_argument("--parts", action="store_true", help="JAX: time the parts of our step")
     args = parser.parse_args()
     if args.parts:
         parts(args.rounds)
@@ -406,33 +389,13 @@ def main() -> None:
         return
 
     steps = make_steps(names, args.resident)
-    first: dict[str, float] = {}
-    data = inputs(np.random.default_rng(0), full=args.full)
-    warm_values = {}
-    for name, step in steps.items():
-        prepared = prepare(name, data, args.resident)
-        first[name], _, result = timed(step, prepared, 1)
-        warm_values[name] = value_of(name, result)
-        grads = to_host(result[1])
-        grads = grads if isinstance(grads, list) else [grads]
-        assert np.isfinite(warm_values[name]), name
-        assert all(np.all(np.isfinite(g)) for one in grads for g in one.values()), name
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    foreign: dict[str, list[float]] = {name: [] for name in steps}
-    values: dict[str, list[float]] = {name: [] for name in steps}
-    counts = []
-    for round_ in range(args.rounds):
-        data = inputs(np.random.default_rng(round_ + 1), full=args.full)
-        counts.append(int((data[0]["labels"] >= 0).sum()))
-        order = list(steps) if round_ % 2 == 0 else list(steps)[::-1]
-        for name in order:
-            prepared = prepare(name, data, args.resident)
-            wait_quiet(args.quiet, args.quiet_wait)
-            seconds, others, result = timed(steps[name], prepared, args.calls)
-            times[name].append(seconds)
-            foreign[name].append(others)
-            values[name].append(value_of(name, result))
-    median = {name: statistics.median(samples) * 1e3 for name, samples in times.items()}
+    rounds = interleaved_rounds(
+        steps,
+        lambda seed: inputs(np.random.default_rng(seed), full=args.full),
+        lambda name, data: prepare(name, data, args.resident),
+        value_of,
+        args,
+    )
     where = "inputs and results on the backend" if args.resident else "NumPy in, NumPy out"
     who = f"backend {BACKEND}" if "ours" in steps else "transformers alone"
     print(
@@ -440,27 +403,20 @@ def main() -> None:
         f"{H}x{W} (targets), <= {M} targets, P={P}; {where}; {args.rounds} rounds"
     )
     print(f"  {versions(BACKEND)}; {os.cpu_count()} CPUs")
-    print(f"  targets per round (all images): {counts}")
-    for name in steps:
-        print(
-            f"  {name:12s} median {median[name]:8.1f} ms  "
-            f"(min {min(times[name]) * 1e3:.1f}, max {max(times[name]) * 1e3:.1f}; "
-            f"first call {first[name]:.1f} s)"
-        )
-        print(f"    samples (s, by round): {[round(t, 2) for t in times[name]]}")
-        print(f"    other processes' cores meanwhile: {[round(c, 2) for c in foreign[name]]}")
+    print(f"  targets per round (all images): {rounds.counts}")
+    print_rounds(rounds)
+    values, warm = rounds.values, rounds.warm_values
     if "ours" in steps and "transformers" in steps:
-        print(f"  ours / transformers = {median['ours'] / median['transformers']:.3f}")
         ratios = [a / b for a, b in zip(values["ours"], values["transformers"], strict=True)]
         print(
             f"  values (their scale: sum over the {S} sets; ours = mean x {S}): warm-up input "
-            f"ours {warm_values['ours']:.3f}, transformers {warm_values['transformers']:.3f}; "
+            f"ours {warm['ours']:.3f}, transformers {warm['transformers']:.3f}; "
             f"ours / transformers per round: median {statistics.median(ratios):.4f}, "
             f"min {min(ratios):.4f}, max {max(ratios):.4f}"
         )
     else:
         for name in steps:
-            print(f"  {name} values: warm-up {warm_values[name]:.3f}, rounds {values[name]}")
+            print(f"  {name} values: warm-up {warm[name]:.3f}, rounds {values[name]}")
 
 
 if __name__ == "__main__":
