@@ -586,23 +586,27 @@ def memory_in_processes(script: str, names: list[str], flags: list[str], steps: 
         )
 
 
-def to_backend(tree: dict[str, np.ndarray], backend: str) -> dict[str, Any]:
-    """Backend arrays of a dict of NumPy arrays (for resident inputs, TensorFlow's step)."""
+def to_backend(tree: Any, backend: str) -> Any:
+    """Backend arrays of a NumPy array or a dict of them (resident inputs, TensorFlow's step)."""
     if backend == "jax":
         import jax.numpy as jnp
 
-        return {key: jnp.asarray(value) for key, value in tree.items()}
-    if backend == "tensorflow":
+        convert: Callable[[np.ndarray], Any] = jnp.asarray
+    elif backend == "tensorflow":
         import tensorflow as tf
 
-        return {key: tf.constant(value) for key, value in tree.items()}
-    import torch
+        convert = tf.constant
+    else:
+        import torch
 
-    return {key: torch.from_numpy(value) for key, value in tree.items()}
+        convert = torch.from_numpy
+    if isinstance(tree, dict):
+        return {key: convert(value) for key, value in tree.items()}
+    return convert(tree)
 
 
 def value_and_grad_step(loss: Callable[[Any, Any], Any], backend: str, resident: bool) -> Any:
-    """`step(y_true, y_pred) -> (value, gradient w.r.t. y_pred)` of a loss on dict inputs.
+    """`step(y_true, y_pred) -> (value, gradient w.r.t. y_pred)` of a loss on arrays or dicts.
 
     Compiled as a whole on JAX (`jax.jit(jax.value_and_grad)`) and TensorFlow
     (`tf.function(jit_compile=True)` with a `GradientTape`), eager with `.backward()` on

@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 import numpy as np
+from common import value_and_grad_step
 
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 B, S, N, T, K, G = 8, 6, 300, 60, 80, 5
@@ -57,28 +58,7 @@ def inputs(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]
 
 def value_and_grad(loss: Any, resident: bool) -> Any:
     """The compiled step; it brings its results to the host unless `resident`."""
-    if BACKEND == "jax":
-        import jax
-
-        def total(y_true: Any, y_pred: Any) -> Any:
-            return loss(y_true, y_pred)
-
-        step = jax.jit(jax.value_and_grad(total, argnums=1))
-        if resident:
-            return lambda t, p: jax.block_until_ready(step(t, p))
-        return lambda t, p: [np.asarray(x) for x in step(t, p)]
-    import tensorflow as tf
-
-    @tf.function(jit_compile=True)
-    def step_tf(y_true: Any, y_pred: Any) -> Any:
-        with tf.GradientTape() as tape:
-            tape.watch(y_pred)
-            value = loss(y_true, y_pred)
-        return value, tape.gradient(value, y_pred)
-
-    if resident:
-        return step_tf
-    return lambda t, p: [np.asarray(x) for x in step_tf(tf.constant(t), tf.constant(p))]
+    return value_and_grad_step(loss, BACKEND, resident)
 
 
 def to_backend(data: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[Any, Any]]:
